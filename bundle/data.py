@@ -1,0 +1,70 @@
+"""What the inference config screens: a datalist, a folder of scans, a DICOM series folder, or one scan file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from monai.data import load_decathlon_datalist
+
+from bundle.validation import InvalidScanError, check_dicom_series, is_dicom_file
+from bundle.writers import case_id_of
+
+__all__ = ["list_inputs", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _dicom_item(folder: Path) -> dict:
+    info = check_dicom_series(folder)
+    return {"image": str(folder), "id": folder.name, "body_part": info["body_part"]}
+
+
+def list_inputs(input_path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, split: str = "test") -> list[dict]:
+    """Data items (``image``, ``id``, optional ``label``, ``region``, ``body_part``) for ``input_path``.
+
+    - a ``.json`` datalist: the items of ``split``, paths relative to ``dataset_dir`` (default: the JSON's folder);
+    - a folder of DICOM files: that one series;
+    - a folder of scans: every NIfTI/NRRD/MHA file and every sub-folder holding a DICOM series;
+    - a single scan file.
+    DICOM series are checked up front (modality, one series, axial, no missing slices), so a bad input stops the run
+    before anything is written.
+    """
+    path = Path(input_path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist.")
+    if path.is_file() and path.suffix.lower() == ".json":
+        base = Path(dataset_dir) if dataset_dir is not None else path.parent
+        items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=split, base_dir=str(base))
+        out = []
+        for item in items:
+            image = Path(item["image"])
+            entry = dict(item, id=item.get("id") or case_id_of(image))
+            if image.is_dir():
+                entry["body_part"] = check_dicom_series(image)["body_part"]
+            elif not image.is_file():
+                raise FileNotFoundError(f"{path} ({split}): scan {image} does not exist.")
+            out.append(entry)
+        return out
+    if path.is_file():
+        if is_dicom_file(path):
+            raise InvalidScanError(f"{path} is a single DICOM file; give the folder of its series.")
+        if not _is_image_file(path):
+            raise InvalidScanError(f"{path}: not a NIfTI/NRRD/MHA scan, a DICOM folder or a .json datalist.")
+        return [{"image": str(path), "id": case_id_of(path)}]
+    if any(is_dicom_file(p) for p in path.iterdir() if p.is_file()):
+        return [_dicom_item(path)]
+    items = [{"image": str(p), "id": case_id_of(p)} for p in sorted(path.iterdir()) if _is_image_file(p)]
+    items += [
+        _dicom_item(p) for p in sorted(path.iterdir()) if p.is_dir() and any(is_dicom_file(f) for f in p.iterdir())
+    ]
+    if not items:
+        raise InvalidScanError(f"{path}: no scans found (NIfTI, NRRD, MHA files or DICOM series folders).")
+    ids = [it["id"] for it in items]
+    if len(set(ids)) != len(ids):
+        raise InvalidScanError(f"{path}: two scans share a case id ({sorted(i for i in ids if ids.count(i) > 1)}).")
+    return items

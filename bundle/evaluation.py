@@ -1,0 +1,254 @@
+"""Evaluate saved GF-Screen predictions against labels (method.md section 5).
+
+Loads each labelled case of a data list split, the inference outputs ``<pred_dir>/<id>/<id>_lesion.nii.gz`` and
+``<pred_dir>/<id>/<id>_findings.json``, scores them with :mod:`bundle.metrics`, aggregates overall, by region and by
+lesion type, writes one JSON report and prints a table. Usable from a bundle config::
+
+    evaluation:
+      _target_: bundle.evaluation.LesionEvaluation
+      datalist: "@datalist"
+      dataset_dir: "@dataset_dir"
+      pred_dir: "@output_dir"
+      output_file: "$@output_dir + '/evaluation.json'"
+    run: "$@evaluation.run()"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.data import load_decathlon_datalist
+from monai.transforms import LoadImage
+
+from bundle.metrics import flare_dsc_nsd, healthy_scan_is_fp, lesion_detection
+
+__all__ = ["LesionEvaluation", "summarise"]
+
+DETECTION_CONNECTIVITY = 26
+
+TABLE_COLUMNS = (
+    ("n scans", "n_scans", "{:d}"),
+    ("DSC", "dsc", "{:.3f}"),
+    ("NSD", "nsd", "{:.3f}"),
+    ("sens", "sensitivity", "{:.3f}"),
+    ("FP/scan", "fp_per_scan", "{:.2f}"),
+    ("healthy FPR", "healthy_fpr", "{:.3f}"),
+    ("keep", "keep_fraction", "{:.3f}"),
+    ("s/scan", "seconds_per_scan", "{:.1f}"),
+)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarise(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate per-case results of one group of scans.
+
+    Means over scans for DSC, NSD, FP count, keep fraction and seconds; sensitivity pools lesions (found / all
+    ground-truth lesions of the group, None without lesions); the healthy-scan FPR is the fraction of the group's
+    lesion-free scans flagged as false positive (None without lesion-free scans).
+    """
+    gt_lesions = sum(c["gt_lesions"] for c in cases)
+    found = sum(c["found"] for c in cases)
+    healthy_flags = [c["healthy_fp"] for c in cases if c["lesion_free"]]
+    return {
+        "n_scans": len(cases),
+        "n_lesion_free_scans": len(healthy_flags),
+        "gt_lesions": gt_lesions,
+        "found": found,
+        "false_positives": sum(c["false_positives"] for c in cases),
+        "dsc": _mean([c["dsc"] for c in cases]),
+        "nsd": _mean([c["nsd"] for c in cases]),
+        "sensitivity": found / gt_lesions if gt_lesions else None,
+        "fp_per_scan": _mean([c["false_positives"] for c in cases]),
+        "healthy_fpr": _mean([float(flag) for flag in healthy_flags]),
+        "keep_fraction": _mean([c["keep_fraction"] for c in cases]),
+        "seconds_per_scan": _mean([c["total_seconds"] for c in cases]),
+    }
+
+
+def _group(cases: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """Summaries per value of ``key``; cases without a value for ``key`` are left out of the grouping."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for case in cases:
+        if case.get(key) is not None:
+            groups.setdefault(str(case[key]), []).append(case)
+    return {name: summarise(groups[name]) for name in sorted(groups)}
+
+
+def _format_table(overall: dict[str, Any], by_region: dict[str, Any], by_lesion_type: dict[str, Any]) -> str:
+    """Fixed-width text table, one row per group; '-' where a value is undefined for the group."""
+    rows = [("overall", overall)]
+    rows += [(f"region: {name}", stats) for name, stats in by_region.items()]
+    rows += [(f"lesion: {name}", stats) for name, stats in by_lesion_type.items()]
+    name_width = max(len(name) for name, _ in rows)
+    widths = [max(len(title), 8) for title, _, _ in TABLE_COLUMNS]
+    header = f"{'group':<{name_width}}  " + "  ".join(f"{t:>{w}}" for (t, _, _), w in zip(TABLE_COLUMNS, widths))
+    lines = [header, "-" * len(header)]
+    for name, stats in rows:
+        cells = [
+            ("-" if stats[key] is None else fmt.format(stats[key])).rjust(width)
+            for (_, key, fmt), width in zip(TABLE_COLUMNS, widths)
+        ]
+        lines.append(f"{name:<{name_width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON via a temporary file in the same folder and os.replace, so readers never see a partial report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=4)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+class LesionEvaluation:
+    """Score a folder of GF-Screen predictions against the labels of one data list split.
+
+    Args:
+        datalist: MSD-style JSON data list; items have ``id``, ``image``, optional ``label``, ``region`` and
+            ``lesion_type``. Items without a label are skipped (nothing to score against).
+        dataset_dir: folder the data list paths are relative to.
+        pred_dir: inference output folder holding ``<id>/<id>_lesion.nii.gz`` and ``<id>/<id>_findings.json``.
+        output_file: where the JSON report is written (parent folders are created).
+        split: data list key to evaluate.
+        tolerance_mm: NSD tolerance.
+        healthy_fp_voxels: a lesion-free scan is a false positive when more voxels than this are predicted.
+    """
+
+    def __init__(
+        self,
+        datalist: str,
+        dataset_dir: str,
+        pred_dir: str,
+        output_file: str,
+        split: str = "test",
+        tolerance_mm: float = 2.0,
+        healthy_fp_voxels: int = 125,
+    ) -> None:
+        self.datalist = Path(datalist)
+        self.dataset_dir = Path(dataset_dir)
+        self.pred_dir = Path(pred_dir)
+        self.output_file = Path(output_file)
+        self.split = split
+        self.tolerance_mm = float(tolerance_mm)
+        self.healthy_fp_voxels = int(healthy_fp_voxels)
+        self._loader = LoadImage(image_only=True, dtype=None)
+
+    def _labelled_items(self) -> list[dict[str, Any]]:
+        """Labelled items of the split: ``id``, ``region``, ``lesion_type`` as written, ``label`` made absolute.
+
+        Metadata comes from the raw JSON because load_decathlon_datalist rewrites any value that happens to name an
+        existing path under dataset_dir (e.g. an ``id`` equal to a case folder's name) into an absolute path.
+        """
+        resolved = load_decathlon_datalist(
+            self.datalist, is_segmentation=True, data_list_key=self.split, base_dir=self.dataset_dir
+        )
+        raw = json.loads(self.datalist.read_text())[self.split]
+        items = []
+        for index, (raw_item, item) in enumerate(zip(raw, resolved)):
+            if "label" not in item:
+                continue
+            if "id" not in raw_item:
+                raise ValueError(f"{self.datalist}: item {index} of split {self.split!r} has a label but no 'id'")
+            items.append(
+                {
+                    "id": str(raw_item["id"]),
+                    "region": raw_item.get("region"),
+                    "lesion_type": raw_item.get("lesion_type"),
+                    "label": item["label"],
+                }
+            )
+        if not items:
+            raise ValueError(f"{self.datalist}: split {self.split!r} has no labelled items to evaluate")
+        return items
+
+    def _read_findings(self, case_id: str, path: Path) -> tuple[float, float]:
+        """keep_fraction and total_seconds from a findings JSON, with errors that name the case."""
+        findings = json.loads(path.read_text())
+        if findings.get("case_id") != case_id:
+            raise ValueError(f"case {case_id}: {path} is for case_id {findings.get('case_id')!r}")
+        try:
+            return float(findings["glance_focus"]["keep_fraction"]), float(findings["timings"]["total_seconds"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                f"case {case_id}: {path} lacks glance_focus.keep_fraction or timings.total_seconds"
+            ) from error
+
+    def _evaluate_case(self, item: dict[str, Any]) -> dict[str, Any]:
+        case_id = item["id"]
+        pred_path = self.pred_dir / case_id / f"{case_id}_lesion.nii.gz"
+        findings_path = self.pred_dir / case_id / f"{case_id}_findings.json"
+        for path in (pred_path, findings_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"case {case_id}: prediction file {path} is missing")
+        label_img = self._loader(item["label"])
+        pred_img = self._loader(str(pred_path))
+        gt = np.asarray(label_img) > 0
+        pred = np.asarray(pred_img) > 0
+        if pred.shape != gt.shape:
+            raise ValueError(
+                f"case {case_id}: prediction {pred_path} has shape {pred.shape} but label {item['label']} has shape "
+                f"{gt.shape}; the prediction must be on the grid of the input scan"
+            )
+        spacing = [float(s) for s in label_img.pixdim]
+        dsc, nsd = flare_dsc_nsd(pred, gt, spacing, self.tolerance_mm)
+        detection = lesion_detection(pred, gt, connectivity=DETECTION_CONNECTIVITY)
+        lesion_free = not gt.any()
+        keep_fraction, total_seconds = self._read_findings(case_id, findings_path)
+        return {
+            "id": case_id,
+            "region": item["region"],
+            "lesion_type": item["lesion_type"],
+            "label": str(item["label"]),
+            "prediction": str(pred_path),
+            "spacing_mm": spacing,
+            "gt_voxels": int(gt.sum()),
+            "pred_voxels": int(pred.sum()),
+            "dsc": dsc,
+            "nsd": nsd,
+            **detection,
+            "lesion_free": lesion_free,
+            "healthy_fp": healthy_scan_is_fp(pred, self.healthy_fp_voxels) if lesion_free else None,
+            "keep_fraction": keep_fraction,
+            "total_seconds": total_seconds,
+        }
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate every labelled case of the split, write the JSON report, print the table and return the report."""
+        per_case = [self._evaluate_case(item) for item in self._labelled_items()]
+        report = {
+            "per_case": per_case,
+            "overall": summarise(per_case),
+            "by_region": _group(per_case, "region"),
+            "by_lesion_type": _group(per_case, "lesion_type"),
+            "settings": {
+                "datalist": str(self.datalist),
+                "dataset_dir": str(self.dataset_dir),
+                "pred_dir": str(self.pred_dir),
+                "split": self.split,
+                "tolerance_mm": self.tolerance_mm,
+                "healthy_fp_voxels": self.healthy_fp_voxels,
+                "detection_connectivity": DETECTION_CONNECTIVITY,
+                "dsc_nsd_rules": "FLARE: both empty -> 1, 1; one empty -> 0, 0; NSD = 0 when DSC < 0.2",
+                "lesion_found_rule": "a ground-truth component is found when a predicted voxel overlaps it",
+            },
+        }
+        _write_json_atomic(self.output_file, report)
+        print(_format_table(report["overall"], report["by_region"], report["by_lesion_type"]))
+        return report

@@ -1,0 +1,135 @@
+"""Lesion findings of a screening result (method.md section 6): one entry per connected component of the mask."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import pdist
+
+from bundle.inferer import GlanceFocusInferer
+
+__all__ = ["label_lesions", "longest_axial_diameter_mm", "lesion_findings", "LesionFindingsd", "RAS_TO_LPS"]
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+"""MONAI affines are RAS; DICOM patient coordinates (what PACS and viewers show) are LPS."""
+
+CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+"""26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion (as in bundle.metrics)."""
+
+
+def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components of a 3D binary mask."""
+    labels, n = ndimage.label(mask, structure=CONNECTIVITY)
+    return labels, int(n)
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """The voxel axis that runs most nearly head-foot (superior), i.e. the one axial slices are taken across."""
+    return int(np.argmax(np.abs(affine[2, :3])))
+
+
+def longest_axial_diameter_mm(component: np.ndarray, affine: np.ndarray) -> float:
+    """Longest in-plane extent (mm) of a voxelised lesion over its axial slices, as a radiologist would caliper it.
+
+    Each voxel contributes the corners of its footprint, so a one-voxel lesion measures its pixel diagonal. The convex
+    hull is taken in index space: an affine map keeps hull vertices, so only those are mapped to mm and compared.
+    """
+    ax = axial_axis(affine)
+    in_plane = [a for a in range(3) if a != ax]
+    corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float) - 0.5
+    best = 0.0
+    for k in np.unique(np.nonzero(component)[ax]):
+        pix = np.argwhere(np.take(component, k, axis=ax)).astype(float)
+        pts = (pix[:, None, :] + corners[None]).reshape(-1, 2)
+        if len(pix) > 2:
+            try:
+                pts = pts[ConvexHull(pts).vertices]
+            except QhullError:  # collinear voxels: every corner is kept
+                pass
+        best = max(best, float(pdist(pts @ affine[:3, in_plane].T).max()))
+    return best
+
+
+def lesion_findings(lesion_prob: np.ndarray, mask: np.ndarray, affine: np.ndarray, region: str) -> list[dict]:
+    """Per-lesion findings from the lesion probability map and the binary mask, both on the original image grid."""
+    labels, n = label_lesions(mask)
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    lesions = []
+    for i, obj in enumerate(ndimage.find_objects(labels), start=1):
+        comp = labels[obj] == i
+        idx = np.argwhere(comp).mean(axis=0) + [s.start for s in obj]
+        centroid_ras = affine[:3, :3] @ idx + affine[:3, 3]
+        probs = lesion_prob[obj][comp]
+        lesions.append(
+            {
+                "voxels": int(comp.sum()),
+                "centroid_mm": [round(float(v), 2) for v in RAS_TO_LPS @ centroid_ras],
+                "volume_mm3": round(int(comp.sum()) * voxel_mm3, 2),
+                "longest_axial_diameter_mm": round(longest_axial_diameter_mm(comp, affine), 2),
+                "mean_probability": round(float(probs.mean()), 4),
+                "max_probability": round(float(probs.max()), 4),
+                "region": region,
+            }
+        )
+    lesions.sort(key=lambda les: (-les["max_probability"], -les["volume_mm3"]))
+    for number, les in enumerate(lesions, start=1):
+        les["number"] = number
+    return lesions
+
+
+class LesionFindingsd(MapTransform):
+    """Turn the inverted 2-channel probability map into the lesion mask and the findings of the scan.
+
+    ``pred`` becomes the binary mask (uint8, original grid); ``findings`` holds the lesions (method.md 6), the scan's
+    suspicion score (maximum lesion probability), the body region and where it came from, the Glance-Focus
+    accounting of the inferer and the weights' status, so that output from untrained weights is labelled as such.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        inferer: GlanceFocusInferer,
+        weights: dict,
+        threshold: float = 0.5,
+        findings_key: str = "findings",
+        region_key: str = "region",
+    ) -> None:
+        super().__init__(keys)
+        self.inferer = inferer
+        self.weights = weights
+        self.threshold = threshold
+        self.findings_key = findings_key
+        self.region_key = region_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, object]:
+        d = dict(data)
+        key = self.first_key(d)
+        prob = d[key]
+        if not isinstance(prob, MetaTensor) or prob.shape[0] != 2:
+            raise ValueError(f"{key}: expected the 2-channel probability MetaTensor after Invertd, got {prob.shape}.")
+        affine = prob.affine.numpy()
+        lesion_prob = prob[1].numpy().astype(np.float32)
+        mask = lesion_prob >= self.threshold
+        region = str(d.get(self.region_key, ""))
+        lesions = lesion_findings(lesion_prob, mask, affine, region)
+        stats = self.inferer.last_stats.as_dict() if self.inferer.last_stats is not None else {}
+        d[self.findings_key] = {
+            "weights": self.weights,
+            "region": region,
+            "region_source": str(d.get(f"{self.region_key}_source", "")),
+            "coordinate_system": "DICOM patient coordinates (LPS), mm",
+            "suspicion_score": round(float(lesion_prob.max()), 4) if lesion_prob.size else 0.0,
+            "lesion_probability_threshold": self.threshold,
+            "lesion_count": len(lesions),
+            "lesions": lesions,
+            "glance_focus": stats,
+        }
+        d[key] = MetaTensor(torch.from_numpy(mask[None].astype(np.uint8)), affine=prob.affine, meta=prob.meta)
+        return d

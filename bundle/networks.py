@@ -1,0 +1,71 @@
+"""The two GF-Screen networks: Glance (3D ResNet window classifier) and Focus (SwinUNETR v2 segmenter)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import ResNet, SwinUNETR
+
+__all__ = ["GlanceNet", "FocusNet", "select_probability"]
+
+
+class GlanceNet(ResNet):
+    """3D ResNet that scores one window with 2 logits (0 = discard, 1 = select).
+
+    MONAI's ``ResNet`` ends in global average pooling; the paper pools with global *max* so that a small lesion
+    anywhere in the window can dominate the decision, hence ``pooling="max"`` by default. With the defaults this is
+    MONAI's ``resnet18`` (33 M parameters).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        block_inplanes: Sequence[int] = (64, 128, 256, 512),
+        conv1_t_stride: int = 1,
+        pooling: str = "max",
+        in_channels: int = 1,
+        num_classes: int = 2,
+    ) -> None:
+        super().__init__(
+            block="basic",
+            layers=list(layers),
+            block_inplanes=list(block_inplanes),
+            spatial_dims=3,
+            n_input_channels=in_channels,
+            conv1_t_stride=conv1_t_stride,
+            num_classes=num_classes,
+        )
+        if pooling == "max":
+            self.avgpool = torch.nn.AdaptiveMaxPool3d(1)
+        elif pooling != "avg":
+            raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}.")
+
+
+class FocusNet(SwinUNETR):
+    """SwinUNETR v2 lesion segmenter (2 channels: background, lesion); feature_size 48 is the paper's 73 M model."""
+
+    def __init__(
+        self,
+        feature_size: int = 48,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        in_channels: int = 1,
+        out_channels: int = 2,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            feature_size=feature_size,
+            depths=tuple(depths),
+            num_heads=tuple(num_heads),
+            use_v2=True,
+            use_checkpoint=use_checkpoint,
+            spatial_dims=3,
+        )
+
+
+def select_probability(logits: torch.Tensor) -> torch.Tensor:
+    """p_i = softmax(z_i)[1], the Glance probability that window i deserves a Focus pass."""
+    return torch.softmax(logits.float(), dim=1)[:, 1]

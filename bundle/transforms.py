@@ -1,0 +1,136 @@
+"""Dictionary transforms of the GF-Screen preprocessing (method.md section 1) that MONAI does not have as such."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, ScaleIntensityRange, Transform
+
+from bundle.validation import InvalidScanError, check_ct_volume
+
+__all__ = ["ValidateCTd", "SelectRegiond", "RegionWindowd", "StampTimed", "HU_WINDOWS", "region_window"]
+
+HU_WINDOWS: dict[str, tuple[float, float]] = {"chest": (-900.0, 650.0), "abdomen": (-175.0, 250.0)}
+"""HU windows by body region; every region other than chest uses the abdomen window (method.md 1.3)."""
+
+_BODY_PART_REGION = {
+    "CHEST": "chest",
+    "THORAX": "chest",
+    "LUNG": "chest",
+    "ABDOMEN": "abdomen",
+    "PELVIS": "abdomen",
+    "ABDOMENPELVIS": "abdomen",
+    "LIVER": "abdomen",
+    "PANCREAS": "abdomen",
+    "KIDNEY": "abdomen",
+}
+
+
+def region_window(region: str) -> tuple[float, float]:
+    """The HU window of ``region``."""
+    return HU_WINDOWS.get(region, HU_WINDOWS["abdomen"])
+
+
+def lung_fraction(hu: np.ndarray) -> float:
+    """Fraction of the non-air voxels that have lung density: large on chest CT, small on abdominal CT."""
+    tissue = hu > -950
+    lung = tissue & (hu < -500)
+    return float(lung.sum()) / max(int(tissue.sum()), 1)
+
+
+class ValidateCTd(MapTransform):
+    """Reject what cannot be screened (2D, absurd spacing, too small, not HU) with a message naming the scan."""
+
+    def __init__(self, keys: KeysCollection, min_extent_mm: float = 30.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.min_extent_mm = min_extent_mm
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if not isinstance(img, MetaTensor):
+                raise InvalidScanError(f"{key}: expected a MetaTensor from LoadImaged, got {type(img).__name__}.")
+            source = str(img.meta.get("filename_or_obj", key))
+            spacing = img.pixdim.tolist() if img.ndim == 4 else [float("nan")] * 3
+            check_ct_volume(img.numpy(), spacing, source, self.min_extent_mm)
+        return d
+
+
+class SelectRegiond(MapTransform):
+    """Decide the body region of each scan and record where the decision came from.
+
+    Priority: the data item's ``region`` (datalist), a fixed ``region`` from the config, the DICOM BodyPartExamined
+    (``body_part`` in the item), then an automatic choice from the lung-density fraction of the scan. The result goes
+    into ``region`` and ``region_source``; the findings report both.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        region: str = "auto",
+        region_key: str = "region",
+        lung_fraction_chest: float = 0.15,
+    ) -> None:
+        super().__init__(keys)
+        if region != "auto" and region not in HU_WINDOWS:
+            raise ValueError(f"region must be 'auto' or one of {sorted(HU_WINDOWS)}, got {region!r}.")
+        self.region = region
+        self.region_key = region_key
+        self.lung_fraction_chest = lung_fraction_chest
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        body_part = str(d.get("body_part", "")).replace(" ", "").upper()
+        if d.get(self.region_key):
+            source = "datalist"
+        elif self.region != "auto":
+            d[self.region_key], source = self.region, "config"
+        elif body_part in _BODY_PART_REGION:
+            d[self.region_key], source = _BODY_PART_REGION[body_part], "dicom"
+        else:
+            key = self.first_key(d)
+            frac = lung_fraction(np.asarray(d[key])[:, ::2, ::2, :])
+            d[self.region_key] = "chest" if frac >= self.lung_fraction_chest else "abdomen"
+            source = f"auto (lung-density fraction {frac:.2f})"
+        d[f"{self.region_key}_source"] = source
+        return d
+
+
+class RegionWindowd(MapTransform):
+    """Clip the HU to the window of the item's body region and rescale to [0, 1] (MONAI ``ScaleIntensityRange``)."""
+
+    def __init__(self, keys: KeysCollection, region_key: str = "region", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.region_key = region_key
+        self.scalers = {
+            region: ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+            for region, (lo, hi) in HU_WINDOWS.items()
+        }
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        region = d.get(self.region_key)
+        if not region:
+            raise KeyError(f"item has no {self.region_key!r}; put SelectRegiond before RegionWindowd.")
+        scaler = self.scalers.get(region, self.scalers["abdomen"])
+        for key in self.key_iterator(d):
+            d[key] = scaler(d[key])
+        return d
+
+
+class StampTimed(Transform):
+    """Record when processing of an item started, so the findings can report seconds per scan end to end."""
+
+    def __init__(self, key: str = "start_time") -> None:
+        self.key = key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        d[self.key] = time.perf_counter()
+        return d
