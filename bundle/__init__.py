@@ -3,6 +3,17 @@
 The submodules are imported here so that bundle configs can use ``$import bundle`` and call ``bundle.<module>.<name>``.
 """
 
-from bundle import checkpoint, data, findings, inferer, networks, transforms, validation, writers
+from bundle import checkpoint, data, evaluation, findings, inferer, metrics, networks, transforms, validation, writers
 
-__all__ = ["checkpoint", "data", "findings", "inferer", "networks", "transforms", "validation", "writers"]
+__all__ = [
+    "checkpoint",
+    "data",
+    "evaluation",
+    "findings",
+    "inferer",
+    "metrics",
+    "networks",
+    "transforms",
+    "validation",
+    "writers",
+]

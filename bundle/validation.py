@@ -28,6 +28,26 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def _check_complete(header: pydicom.Dataset, path: Path) -> None:
+    """Reject a truncated file: pydicom returns what it could read of a cut header, ITK silently skips cut pixels."""
+    image_tags = ("Rows", "Columns", "BitsAllocated")
+    if "SeriesInstanceUID" not in header or (
+        str(getattr(header, "Modality", "")) == "CT" and any(t not in header for t in image_tags)
+    ):
+        raise InvalidScanError(f"{path}: truncated or incomplete DICOM header (no SeriesInstanceUID or image size).")
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if "Rows" not in header or syntax is None or syntax.is_compressed or syntax.is_deflated:
+        return
+    frames = int(getattr(header, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(header, "SamplesPerPixel", 1) or 1)
+    expected = int(header.Rows) * int(header.Columns or 0) * frames * samples * int(header.BitsAllocated or 0) // 8
+    size = path.stat().st_size
+    if size < expected:
+        raise InvalidScanError(
+            f"{path}: truncated DICOM file ({size} bytes, but its uncompressed pixel data alone needs {expected})."
+        )
+
+
 def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> dict:
     """Check that ``folder`` holds exactly one complete, evenly spaced, axial CT series; return its header facts.
 
@@ -44,6 +64,7 @@ def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> d
             headers.append(pydicom.dcmread(path, stop_before_pixels=True))
         except (InvalidDicomError, OSError, ValueError, EOFError) as e:
             raise InvalidScanError(f"{path}: unreadable DICOM file ({e}).") from e
+        _check_complete(headers[-1], path)
     series = {str(getattr(h, "SeriesInstanceUID", "")) for h in headers}
     if len(series) != 1:
         raise InvalidScanError(f"{folder}: {len(series)} DICOM series in one folder; give one series per folder.")

@@ -1,0 +1,441 @@
+"""Dense against Glance-Focus inference on one scan, same weights, same process: is Glance-Focus worth it here?
+
+Everything is built from the bundle configs (``preprocessing``, ``glance``, ``network``, ``weights`` and the inferer
+parameters), so the figures are those of what ``configs/inference.yaml`` runs, on this machine. Example (small CPU
+networks, no trained weights, the paper's average keep fraction)::
+
+    python -m bundle.benchmark --input ../shared/data/tcia_pancreatic_ct_cbct_seg_full_series/dicom \\
+        --config_file configs/inference.yaml --config_file configs/small.yaml --allow_untrained \\
+        --keep_fraction 0.167 --output results.json
+
+Per mode it reports windows total and kept, keep fraction, Glance, Focus and total seconds (the wall clock of the
+inferer call) and peak memory, then the speed-up dense / Glance-Focus and the compute floor of method.md section 4,
+c_glance / c_focus + k, from the measured seconds per window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+import torch
+from monai.bundle import ConfigParser
+from monai.utils import set_determinism
+
+from bundle.data import list_inputs
+from bundle.inferer import GlanceFocusInferer, Tiling
+
+__all__ = ["main", "top_fraction_mask", "PeakMemory", "MeasuredInferer"]
+
+logger = logging.getLogger("gf_screen.benchmark")
+
+DEFAULT_CONFIGS = ("configs/inference.yaml",)
+MODES = ("dense", "glance_focus")
+
+
+def top_fraction_mask(scores: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+    """Keep exactly ``round(keep_fraction * n)`` windows, those with the highest Glance scores.
+
+    A probability threshold cannot do that when scores tie, so the windows are ranked (a stable sort: among equal
+    scores the lower window index wins) and the top ones kept.
+    """
+    if not 0.0 <= keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction}.")
+    if scores.ndim != 1:
+        raise ValueError(f"expected one score per window (1D), got shape {tuple(scores.shape)}.")
+    n_keep = round(keep_fraction * scores.numel())
+    keep = torch.zeros(scores.shape, dtype=torch.bool)
+    keep[torch.sort(scores, descending=True, stable=True).indices[:n_keep]] = True
+    return keep
+
+
+class MeasuredInferer(GlanceFocusInferer):
+    """The bundle's inferer, unchanged except that it remembers its last keep mask and can keep a fixed fraction.
+
+    With ``keep_fraction`` the kept windows are the top ``round(k * n)`` by Glance score (``top_fraction_mask``).
+    That is for measuring compute at a given keep fraction with untrained weights, where a probability threshold
+    means nothing; Glance still runs on every window, so its cost is measured too.
+    """
+
+    def __init__(self, *args, keep_fraction: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if keep_fraction is not None and self.threshold is None:
+            raise ValueError("keep_fraction needs Glance to run: give a threshold, not None (dense).")
+        self.keep_fraction = keep_fraction
+        self.last_keep: torch.Tensor | None = None
+        self.last_selected_threshold: float | None = None
+
+    def keep_mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """The bundle's rule (p >= threshold, or all in dense mode), or the top fraction when one is set."""
+        if self.keep_fraction is None:
+            keep = super().keep_mask(scores)
+        else:
+            keep = top_fraction_mask(scores, self.keep_fraction)
+            self.last_selected_threshold = float(scores[keep].min()) if keep.any() else None
+        self.last_keep = keep
+        return keep
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap back to the OS, so that a mode's RSS increase is not hidden by what the previous one left."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c") if platform.system() == "Linux" else None
+    if libc_name:
+        ctypes.CDLL(libc_name).malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory of a block: RSS sampled every ``interval`` s by a thread, and on CUDA the allocator's peak."""
+
+    def __init__(self, device: torch.device, interval: float = 0.05) -> None:
+        self.device = device
+        self.interval = interval
+        self.rss_before = 0
+        self.rss_peak = 0
+        self.cuda_peak: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.rss_peak = max(self.rss_peak, _rss())
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.rss_before = self.rss_peak = _rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rss_peak = max(self.rss_peak, _rss())
+        if self.device.type == "cuda":
+            self.cuda_peak = torch.cuda.max_memory_allocated(self.device)
+
+    def as_dict(self) -> dict:
+        mib = 2**20
+        out = {
+            "peak_rss_mib": self.rss_peak / mib,
+            "rss_increase_mib": (self.rss_peak - self.rss_before) / mib,
+        }
+        if self.cuda_peak is not None:
+            out["cuda_max_allocated_mib"] = self.cuda_peak / mib
+        return out
+
+
+def exclusively_kept(tiling: Tiling, keep: torch.Tensor) -> torch.Tensor:
+    """Voxels covered by a kept window and by no discarded one: there dense and Glance-Focus blend the same windows."""
+    mask = torch.zeros(tiling.image_size, dtype=torch.bool)
+    for s, k in zip(tiling.slices, keep.tolist()):
+        if k:
+            mask[s] = True
+    for s, k in zip(tiling.slices, keep.tolist()):
+        if not k:
+            mask[s] = False
+    return mask
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write through a temporary file in the same folder and ``os.replace``, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _run_mode(
+    inferer: MeasuredInferer, image: torch.Tensor, network: torch.nn.Module, device: torch.device, amp: bool
+) -> tuple[torch.Tensor, dict]:
+    """One inferer call, timed and memory-sampled; returns the probabilities (on CPU) and the figures."""
+    _release_freed_memory()
+    with PeakMemory(device) as memory, torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+        t0 = time.perf_counter()
+        prob = inferer(image, network)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        total = time.perf_counter() - t0
+    stats = inferer.last_stats
+    figures = {
+        "windows_total": stats.windows_total,
+        "windows_kept": stats.windows_kept,
+        "keep_fraction": stats.keep_fraction,
+        "threshold": inferer.last_selected_threshold if inferer.keep_fraction is not None else stats.threshold,
+        "glance_seconds": stats.glance_seconds,
+        "focus_seconds": stats.focus_seconds,
+        "total_seconds": total,
+        **memory.as_dict(),
+    }
+    return prob.cpu(), figures
+
+
+def _summarise(runs: list[dict]) -> dict:
+    """Median timings over the repeats, the largest memory peak; counts are the same in every repeat."""
+    out = dict(runs[0])
+    for key in ("glance_seconds", "focus_seconds", "total_seconds"):
+        out[key] = statistics.median(r[key] for r in runs)
+    for key in ("peak_rss_mib", "rss_increase_mib", "cuda_max_allocated_mib"):
+        if key in out:
+            out[key] = max(r[key] for r in runs)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bundle.benchmark",
+        description=(
+            "Run dense inference (Focus on every window) and Glance-Focus inference on one scan with the same "
+            "networks and weights, in one process, and report windows, seconds, peak memory, the speed-up and "
+            "the compute floor c_glance/c_focus + k (method.md section 4). Run from the bundle root."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--input", required=True, help="one scan: a NIfTI/NRRD/MHA file or a DICOM series folder")
+    parser.add_argument(
+        "--config_file",
+        action="append",
+        help="bundle config, repeatable, merged in order (default: configs/inference.yaml); add configs/small.yaml "
+        "for the CPU-size networks",
+    )
+    selection = parser.add_mutually_exclusive_group()
+    selection.add_argument(
+        "--keep_fraction",
+        type=float,
+        help="keep the top round(k * n) windows by Glance score instead of thresholding: measures compute at a "
+        "given keep fraction, e.g. 0.167 (the paper's average); needed with untrained weights, where a "
+        "probability threshold means nothing",
+    )
+    selection.add_argument("--threshold", type=float, help="Glance probability threshold (default: the config's)")
+    parser.add_argument(
+        "--allow_untrained", action="store_true", help="run with seeded random weights when there is no checkpoint"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each mode; timings are the median")
+    parser.add_argument("--output", help="also write every figure to this JSON file")
+    return parser
+
+
+def _format_table(results: dict) -> str:
+    dense, gf = results["dense"], results["glance_focus"]
+    rows = [
+        ("windows total", "d", "windows_total"),
+        ("windows kept", "d", "windows_kept"),
+        ("keep fraction", ".3f", "keep_fraction"),
+        ("Glance s", ".2f", "glance_seconds"),
+        ("Focus s", ".2f", "focus_seconds"),
+        ("total s", ".2f", "total_seconds"),
+        ("peak RSS MiB", ".0f", "peak_rss_mib"),
+        ("RSS increase MiB", ".0f", "rss_increase_mib"),
+    ]
+    if "cuda_max_allocated_mib" in dense:
+        rows.append(("CUDA max allocated MiB", ".0f", "cuda_max_allocated_mib"))
+    lines = [f"{'':<24}{'dense':>14}{'glance-focus':>14}"]
+    lines += [f"{label:<24}{format(dense[key], fmt):>14}{format(gf[key], fmt):>14}" for label, fmt, key in rows]
+    return "\n".join(lines)
+
+
+def report(results: dict) -> str:
+    """The human-readable summary the command prints."""
+    env, scan, sel, floor = results["environment"], results["scan"], results["selection"], results["compute_floor"]
+    selected = results["glance_focus"]["threshold"]
+    selected = "n/a" if selected is None else format(selected, ".4f")
+    if sel["keep_fraction"] is not None:
+        chosen = (
+            f"keep fraction {sel['keep_fraction']} -> top {results['glance_focus']['windows_kept']} windows by Glance "
+            f"score (smallest kept score {selected})"
+        )
+    else:
+        chosen = f"threshold {selected} from " + ("--threshold" if sel["source"] == "cli" else "the config")
+    lines = [
+        "GF-Screen benchmark: dense vs Glance-Focus, same weights, one process",
+        f"device {env['device']} | torch {env['torch']} | {env['torch_threads']} threads | CPU {env['cpu_model']} "
+        f"({env['cpu_count']} logical cores)",
+        f"configs: {' + '.join(results['configs'])} | weights: {results['weights']['status']}",
+        f"scan: {scan['input']} ({scan['region']})",
+        f"  original shape {scan['original_shape']} spacing {scan['original_spacing']} -> preprocessed "
+        f"{scan['preprocessed_shape']} at {scan['pixdim']} mm",
+        f"preprocessing {results['preprocessing_seconds']:.2f} s | roi {results['inferer']['roi_size']} overlap "
+        f"{results['inferer']['overlap']} | batches Glance {results['inferer']['glance_batch_size']} Focus "
+        f"{results['inferer']['focus_batch_size']} | repeats {results['repeats']} (median seconds)",
+        f"Glance-Focus selection: {chosen}",
+        "",
+        _format_table(results),
+        "",
+        f"speed-up dense / Glance-Focus total: {results['speedup']:.2f}x",
+        f"compute floor: Glance/Focus s per window {floor['glance_per_window_s']:.3f}/{floor['focus_per_window_s']:.3f}"
+        f" = {floor['glance_focus_ratio']:.3f}, + k {floor['keep_fraction']:.3f} = {floor['fraction_of_dense']:.3f} of "
+        f"dense Focus (at most {1 / floor['fraction_of_dense']:.2f}x)",
+    ]
+    agree = results["agreement"]
+    if agree["voxels"]:
+        lines.append(
+            f"outputs on the {agree['voxels']} voxels covered only by kept windows: max |dense - GF| probability "
+            f"{agree['max_abs_diff']:.2e}"
+        )
+    else:
+        lines.append("outputs: no voxel is covered only by kept windows, nothing to compare")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark; prints the report, writes the JSON if asked, and returns every figure."""
+    args = build_parser().parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1.")
+    configs = args.config_file or list(DEFAULT_CONFIGS)
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser["input_path"] = str(args.input)
+    parser["allow_untrained"] = args.allow_untrained
+
+    items = list_inputs(args.input)
+    if len(items) != 1:
+        raise SystemExit(f"--input must be one scan, found {len(items)} under {args.input}.")
+
+    # Seed before the networks are built, so that untrained weights are the same every run.
+    set_determinism(seed=parser.get_parsed_content("seed"))
+    device = torch.device(parser.get_parsed_content("device"))
+    amp = bool(parser.get_parsed_content("amp"))
+    glance = parser.get_parsed_content("glance").eval()
+    network = parser.get_parsed_content("network").eval()
+    weights = parser.get_parsed_content("weights")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    params = {
+        key: parser.get_parsed_content(key) for key in ("roi_size", "overlap", "glance_batch_size", "focus_batch_size")
+    }
+    if args.keep_fraction is not None:
+        threshold, source = None, "keep_fraction"
+    elif args.threshold is not None:
+        threshold, source = args.threshold, "cli"
+    else:
+        threshold, source = parser.get_parsed_content("glance_threshold"), "config"
+    inferers = {
+        "dense": MeasuredInferer(glance, threshold=None, **params),
+        # With a keep fraction the threshold only makes Glance run (not None); the top fraction is what is kept.
+        "glance_focus": MeasuredInferer(
+            glance, threshold=0.0 if args.keep_fraction is not None else threshold, keep_fraction=args.keep_fraction, **params
+        ),
+    }
+
+    t0 = time.perf_counter()
+    data = preprocessing(items[0])
+    preprocessing_seconds = time.perf_counter() - t0
+    meta_image = data["image"]
+    image = meta_image.as_tensor()[None].to(device)
+    tiling = inferers["dense"].tile(image.shape[2:])
+    if tiling.image_size != tuple(image.shape[2:]):
+        raise RuntimeError("preprocessing must pad the scan to at least roi_size (SpatialPadd), so windows index it.")
+
+    # One window through each network first, so that neither mode pays the one-off start-up costs.
+    with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+        window = image[(slice(None), slice(None), *tiling.slices[0])]
+        glance(window)
+        network(window)
+
+    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    max_diff, n_voxels = 0.0, 0
+    for repeat in range(args.repeats):
+        # Glance-Focus first: its kept windows say where the two outputs must agree, so only those voxels are held
+        # (not a whole dense probability volume) while the other mode runs.
+        prob, figures = _run_mode(inferers["glance_focus"], image, network, device, amp)
+        runs["glance_focus"].append(figures)
+        region = exclusively_kept(tiling, inferers["glance_focus"].last_keep)
+        gf_values = prob[0][:, region]
+        del prob
+        prob, figures = _run_mode(inferers["dense"], image, network, device, amp)
+        runs["dense"].append(figures)
+        n_voxels = int(region.sum())
+        if n_voxels:
+            max_diff = max(max_diff, float((prob[0][:, region] - gf_values).abs().max()))
+        del prob, gf_values
+        logger.info("repeat %d/%d done", repeat + 1, args.repeats)
+
+    dense, gf = _summarise(runs["dense"]), _summarise(runs["glance_focus"])
+    n = dense["windows_total"]
+    glance_per_window = gf["glance_seconds"] / n
+    focus_per_window = dense["focus_seconds"] / n
+    ratio = glance_per_window / focus_per_window
+    results = {
+        "environment": {
+            "device": str(device),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "amp": amp,
+        },
+        "configs": configs,
+        "weights": weights,
+        "scan": {
+            "input": str(args.input),
+            "id": items[0]["id"],
+            "region": data.get("region"),
+            "original_shape": [int(s) for s in meta_image.meta["spatial_shape"]],
+            "original_spacing": [round(float(s), 4) for s in meta_image.meta["spacing"]],
+            "preprocessed_shape": list(image.shape[1:]),
+            "pixdim": parser.get_parsed_content("pixdim"),
+        },
+        "preprocessing_seconds": preprocessing_seconds,
+        "inferer": params,
+        "selection": {"keep_fraction": args.keep_fraction, "threshold": threshold, "source": source},
+        "repeats": args.repeats,
+        "dense": dense,
+        "glance_focus": gf,
+        "runs": runs,
+        "speedup": dense["total_seconds"] / gf["total_seconds"],
+        "compute_floor": {
+            "glance_per_window_s": glance_per_window,
+            "focus_per_window_s": focus_per_window,
+            "glance_focus_ratio": ratio,
+            "keep_fraction": gf["keep_fraction"],
+            "fraction_of_dense": ratio + gf["keep_fraction"],
+        },
+        "agreement": {"voxels": n_voxels, "max_abs_diff": max_diff if n_voxels else None},
+    }
+    print(report(results), flush=True)
+    if args.output:
+        write_json_atomic(args.output, results)
+        print(f"wrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    main()

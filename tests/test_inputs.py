@@ -1,0 +1,412 @@
+"""Bad inputs, built from real scans, stop with a clear error naming the scan and the reason, and write nothing.
+
+Every case copies or rewrites a real scan from the shared data into pytest's tmp_path, then goes through what the
+inference config uses: ``bundle.data.list_inputs`` (DICOM checks up front), the config's ``preprocessing`` chain
+(``ValidateCTd`` after loading), ``bundle.checkpoint.load_weights``, and the whole inference workflow.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import MetaTensor
+
+from bundle.checkpoint import WeightsError, load_weights
+from bundle.data import list_inputs
+from bundle.transforms import ValidateCTd
+from bundle.validation import InvalidScanError, check_dicom_series
+from bundle.writers import SaveScanOutputsd, atomic_write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = [str(ROOT / "configs" / "inference.yaml"), str(ROOT / "configs" / "small.yaml")]
+ROI_SIZE = (96, 96, 64)
+
+
+def _parser(small: bool = True) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(CONFIGS if small else CONFIGS[:1])
+    parser["bundle_root"] = str(ROOT)
+    return parser
+
+
+def _in_chain(exc: BaseException, error_type: type[BaseException]) -> BaseException:
+    """The first exception of ``error_type`` in ``exc``'s cause chain (MONAI's Compose wraps transform errors)."""
+    seen = []
+    while exc is not None and exc not in seen:
+        if isinstance(exc, error_type):
+            return exc
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    pytest.fail(f"no {error_type.__name__} in the error chain: {' <- '.join(f'{type(e).__name__}: {e}' for e in seen)}")
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts, seen = [], []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        parts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def preprocessing():
+    """The real preprocessing chain of configs/inference.yaml (+ small.yaml)."""
+    return _parser().get_parsed_content("preprocessing")
+
+
+@pytest.fixture(scope="module")
+def example_ct(shared_data) -> nib.Nifti1Image:
+    """TotalSegmentator's example CT: 122 x 101 x 112 voxels at 3 mm, RAS, HU."""
+    img = nib.load(shared_data / "totalsegmentator_example" / "example_ct.nii.gz")
+    return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.int16), img.affine)
+
+
+@pytest.fixture
+def lidc_series(shared_data, tmp_path) -> Path:
+    """12 consecutive 1 mm slices of the LIDC-IDRI-0314 DICOM series, copied (enough for the header checks)."""
+    src = sorted((shared_data / "lidc_idri_0314_nodule" / "dicom").glob("*.dcm"))[18:30]
+    folder = tmp_path / "lidc_0314"
+    folder.mkdir()
+    for f in src:
+        shutil.copyfile(f, folder / f.name)
+    assert check_dicom_series(folder)["n_slices"] == 12  # the copy itself is a valid series
+    return folder
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    nib.save(nib.Nifti1Image(array, affine), path)
+    return path
+
+
+def _rewrite(path: Path, **tags) -> None:
+    ds = pydicom.dcmread(path)
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+# ------------------------------------------------------------------------------------------------ DICOM series checks
+
+
+def test_not_ct_modality(lidc_series, tmp_path):
+    for f in lidc_series.iterdir():
+        _rewrite(f, Modality="MR")
+    with pytest.raises(InvalidScanError) as err:
+        list_inputs(lidc_series)
+    assert str(lidc_series) in str(err.value)
+    assert "modality is 'MR', not CT" in str(err.value)
+    # the same series as a sub-folder of a folder of scans is checked before anything runs
+    with pytest.raises(InvalidScanError, match="modality is 'MR'") as err:
+        list_inputs(tmp_path)
+    assert str(lidc_series) in str(err.value)
+
+
+def test_missing_slice(lidc_series):
+    middle = sorted(lidc_series.iterdir())[6]
+    middle.unlink()
+    with pytest.raises(InvalidScanError) as err:
+        list_inputs(lidc_series)
+    assert str(lidc_series) in str(err.value)
+    assert "uneven slice spacing or missing slices" in str(err.value)
+    assert "gap of 2.000 mm" in str(err.value)
+
+
+def test_two_series_in_one_folder(lidc_series):
+    files = sorted(lidc_series.iterdir())
+    other = pydicom.uid.generate_uid()
+    for f in files[::2]:
+        _rewrite(f, SeriesInstanceUID=other)
+    with pytest.raises(InvalidScanError) as err:
+        check_dicom_series(lidc_series)
+    assert str(lidc_series) in str(err.value)
+    assert "2 DICOM series in one folder" in str(err.value)
+
+
+def test_non_axial_series(lidc_series):
+    for f in lidc_series.iterdir():
+        _rewrite(f, ImageOrientationPatient=[0.0, 1.0, 0.0, 0.0, 0.0, -1.0])  # sagittal
+    with pytest.raises(InvalidScanError) as err:
+        list_inputs(lidc_series)
+    assert str(lidc_series) in str(err.value)
+    assert "not an axial series" in str(err.value)
+
+
+def test_single_dicom_file_is_refused(lidc_series):
+    one = sorted(lidc_series.iterdir())[0]
+    with pytest.raises(InvalidScanError) as err:
+        list_inputs(one)
+    assert str(one) in str(err.value)
+    assert "single DICOM file; give the folder of its series" in str(err.value)
+
+
+def test_missing_input():
+    missing = ROOT / "no_such_scan.nii.gz"
+    with pytest.raises(FileNotFoundError) as err:
+        list_inputs(missing)
+    assert str(missing) in str(err.value) and "does not exist" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "size, reason",
+    [
+        (1000, "truncated or incomplete DICOM header"),  # cut inside the header: pydicom returns a partial dataset
+        (2000, "truncated DICOM file"),  # header complete, pixel data cut (ITK would silently skip the slice)
+    ],
+)
+def test_truncated_dicom_file(lidc_series, size, reason):
+    victim = sorted(lidc_series.iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[:size])
+    with pytest.raises(InvalidScanError) as err:
+        list_inputs(lidc_series)
+    assert str(victim) in str(err.value)
+    assert reason in str(err.value)
+
+
+def test_garbage_nifti(preprocessing, tmp_path):
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    items = list_inputs(garbage)  # only the suffix is known up front; loading must fail
+    with pytest.raises(RuntimeError) as err:
+        preprocessing(items[0])
+    text = _chain_text(err.value)
+    assert str(garbage) in text
+    assert "cannot find a suitable reader" in text
+
+
+# ------------------------------------------------------------------------------------------- volume checks (ValidateCTd)
+
+
+def test_2d_slice(preprocessing, example_ct, tmp_path):
+    axial = np.asarray(example_ct.dataobj)[:, :, 60]
+    path = _save_nifti(axial, example_ct.affine, tmp_path / "one_slice_2d.nii.gz")
+    with pytest.raises(RuntimeError) as err:
+        preprocessing({"image": str(path)})
+    error = _in_chain(err.value, InvalidScanError)
+    assert str(path) in str(error)
+    assert "expected one 3D CT volume" in str(error)
+
+
+def test_single_slice_volume(preprocessing, example_ct, tmp_path):
+    slab = np.asarray(example_ct.dataobj)[:, :, 60:61]
+    path = _save_nifti(slab, example_ct.affine, tmp_path / "one_slice_3d.nii.gz")
+    with pytest.raises(RuntimeError) as err:
+        preprocessing({"image": str(path)})
+    error = _in_chain(err.value, InvalidScanError)
+    assert str(path) in str(error)
+    assert "too small to screen" in str(error)
+
+
+def test_validate_ct_rejects_plain_tensor():
+    with pytest.raises(InvalidScanError, match="expected a MetaTensor"):
+        ValidateCTd(keys="image")({"image": torch.zeros(1, 8, 8, 8)})
+
+
+def test_three_slice_series_too_small(preprocessing, shared_data, tmp_path):
+    folder = tmp_path / "ct3slice"
+    shutil.copytree(shared_data / "dcmqi_ct3slice_seg" / "ct", folder)
+    items = list_inputs(folder)  # a valid, evenly spaced series ...
+    assert [it["image"] for it in items] == [str(folder)]
+    with pytest.raises(RuntimeError) as err:  # ... but 3 mm thick
+        preprocessing(items[0])
+    error = _in_chain(err.value, InvalidScanError)
+    assert str(folder) in str(error)
+    assert "too small to screen" in str(error)
+
+
+def test_slab_thinner_than_a_window_is_padded(preprocessing, shared_data):
+    folder = shared_data / "lidc_idri_0314_nodule" / "dicom"  # read only: 48 slices of 1 mm
+    (item,) = list_inputs(folder)
+    out = preprocessing(item)
+    image = out["image"]
+    assert image.shape[0] == 1
+    assert all(s >= r for s, r in zip(image.shape[1:], ROI_SIZE)), image.shape
+    assert image.shape[3] == ROI_SIZE[2]  # 48 mm at 3 mm is 16 slices, padded to one window
+    assert out["region"] == "chest" and out["region_source"] == "dicom"
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+
+@pytest.mark.parametrize("spacing", [0.01, 50.0])
+def test_absurd_spacing(preprocessing, example_ct, tmp_path, spacing):
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    path = _save_nifti(np.asarray(example_ct.dataobj), affine, tmp_path / f"spacing_{spacing}.nii.gz")
+    with pytest.raises(RuntimeError) as err:
+        preprocessing({"image": str(path)})
+    error = _in_chain(err.value, InvalidScanError)
+    assert str(path) in str(error)
+    assert "voxel spacing" in str(error) and "is outside" in str(error)
+
+
+def test_not_hounsfield_units(preprocessing, example_ct, tmp_path):
+    hu = np.asarray(example_ct.dataobj, dtype=np.float32)
+    normalised = (hu - hu.min()) / (hu.max() - hu.min())
+    path = _save_nifti(normalised, example_ct.affine, tmp_path / "normalised.nii.gz")
+    with pytest.raises(RuntimeError) as err:
+        preprocessing({"image": str(path)})
+    error = _in_chain(err.value, InvalidScanError)
+    assert str(path) in str(error)
+    assert "do not look like CT in Hounsfield units" in str(error)
+
+
+def test_orientation_does_not_change_preprocessing(preprocessing, example_ct, tmp_path):
+    ras = _save_nifti(np.asarray(example_ct.dataobj), example_ct.affine, tmp_path / "ras.nii.gz")
+    to_psl = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt(nib.aff2axcodes(example_ct.affine)), nib.orientations.axcodes2ornt("PSL")
+    )
+    permuted = example_ct.as_reoriented(to_psl)
+    assert nib.aff2axcodes(permuted.affine) == ("P", "S", "L")
+    assert permuted.shape == (101, 112, 122)
+    other = _save_nifti(np.asarray(permuted.dataobj), permuted.affine, tmp_path / "psl.nii.gz")
+    a, b = preprocessing({"image": str(ras)}), preprocessing({"image": str(other)})
+    assert a["region"] == b["region"]
+    assert a["image"].shape == b["image"].shape
+    np.testing.assert_allclose(a["image"].affine.numpy(), b["image"].affine.numpy(), atol=1e-4)
+    np.testing.assert_allclose(a["image"].numpy(), b["image"].numpy(), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------ weights
+
+
+@pytest.fixture(scope="module")
+def networks():
+    small, paper = _parser(small=True), _parser(small=False)
+    return {
+        "small": (small.get_parsed_content("glance_def"), small.get_parsed_content("network_def")),
+        "paper": (paper.get_parsed_content("glance_def"), paper.get_parsed_content("network_def")),
+    }
+
+
+def test_weights_missing(networks, tmp_path):
+    glance, focus = networks["small"]
+    missing = tmp_path / "model.pt"
+    with pytest.raises(WeightsError) as err:
+        load_weights(missing, glance, focus)
+    assert str(missing) in str(err.value) and "--allow_untrained" in str(err.value)
+    assert load_weights(missing, glance, focus, allow_untrained=True)["status"] == "untrained"
+
+
+def test_weights_corrupt(networks, tmp_path):
+    corrupt = tmp_path / "model.pt"
+    corrupt.write_bytes(np.random.default_rng(1).bytes(2048))
+    with pytest.raises(WeightsError) as err:
+        load_weights(corrupt, *networks["small"])
+    assert str(corrupt) in str(err.value) and "cannot read weights" in str(err.value)
+
+
+class _NotATensor:
+    """An arbitrary pickled object: ``torch.load(weights_only=True)`` must refuse it."""
+
+
+def test_weights_unsafe_pickle(networks, tmp_path):
+    unsafe = tmp_path / "model.pt"
+    torch.save({"glance": _NotATensor(), "focus": {}}, unsafe)
+    with pytest.raises(WeightsError) as err:
+        load_weights(unsafe, *networks["small"])
+    assert str(unsafe) in str(err.value) and "cannot read weights" in str(err.value)
+
+
+def test_weights_not_a_glance_focus_dict(networks, tmp_path):
+    glance, focus = networks["small"]
+    wrong = tmp_path / "model.pt"
+    torch.save(glance.state_dict(), wrong)
+    with pytest.raises(WeightsError) as err:
+        load_weights(wrong, glance, focus)
+    assert str(wrong) in str(err.value) and "must hold a dict with 'glance' and 'focus'" in str(err.value)
+
+
+@pytest.mark.parametrize("mismatched", ["glance", "focus"])
+def test_weights_wrong_shape(networks, tmp_path, mismatched):
+    small_glance, small_focus = networks["small"]
+    paper_glance, paper_focus = networks["paper"]
+    path = tmp_path / "model.pt"
+    torch.save({"glance": small_glance.state_dict(), "focus": small_focus.state_dict()}, path)
+    targets = (paper_glance, small_focus) if mismatched == "glance" else (small_glance, paper_focus)
+    with pytest.raises(WeightsError) as err:
+        load_weights(path, *targets)
+    assert str(path) in str(err.value)
+    assert f"the {mismatched} weights do not fit the configured {mismatched} network" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------- nothing partial
+
+
+def _bad_2d_scan(example_ct, folder: Path) -> Path:
+    folder.mkdir()
+    return _save_nifti(np.asarray(example_ct.dataobj)[:, :, 60], example_ct.affine, folder / "flat.nii.gz")
+
+
+def _bad_dicom_folder(shared_data, folder: Path) -> Path:
+    src = sorted((shared_data / "lidc_idri_0314_nodule" / "dicom").glob("*.dcm"))[:12]
+    series = folder / "lidc"
+    series.mkdir(parents=True)
+    for f in src:
+        shutil.copyfile(f, series / f.name)
+    victim = series / src[4].name
+    victim.write_bytes(src[4].read_bytes()[:2000])
+    return victim
+
+
+@pytest.mark.parametrize("bad", ["2d_nifti", "truncated_dicom"])
+def test_inference_workflow_writes_nothing(shared_data, example_ct, tmp_path, bad):
+    inputs, output_dir = tmp_path / "inputs", tmp_path / "out"
+    culprit = _bad_2d_scan(example_ct, inputs) if bad == "2d_nifti" else _bad_dicom_folder(shared_data, inputs)
+    workflow = ConfigWorkflow(
+        config_file=CONFIGS,
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(ROOT),
+        input_path=str(inputs),
+        output_dir=str(output_dir),
+        ckpt_path=str(tmp_path / "no_weights.pt"),
+        allow_untrained=True,
+        device="cpu",
+        amp=False,
+        handlers=[],
+    )
+    with pytest.raises(Exception) as err:
+        workflow.initialize()
+        workflow.run()
+    error = _in_chain(err.value, InvalidScanError)
+    assert str(culprit) in str(error)
+    assert _files_under(output_dir) == []
+
+
+def test_atomic_write_json_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "case" / "case_findings.json"
+    atomic_write_json({"lesion_count": 0}, target)
+    assert _files_under(tmp_path) == [target]
+    assert target.read_text().startswith("{")
+    before = target.read_bytes()
+    with pytest.raises(TypeError):  # not JSON: the old file stays whole and no temp file is left
+        atomic_write_json({"lesion_count": object()}, target)
+    assert _files_under(tmp_path) == [target]
+    assert target.read_bytes() == before
+
+
+def test_save_outputs_refuses_to_overwrite_the_input(example_ct, tmp_path):
+    scan = tmp_path / "case" / "case_lesion.nii.gz"
+    scan.parent.mkdir()
+    _save_nifti(np.asarray(example_ct.dataobj)[:8, :8, :8], example_ct.affine, scan)
+    before = scan.read_bytes()
+    mask = MetaTensor(torch.zeros(1, 8, 8, 8), affine=torch.as_tensor(example_ct.affine), meta={"filename_or_obj": str(scan)})
+    saver = SaveScanOutputsd(keys="pred", output_dir=str(tmp_path))
+    with pytest.raises(ValueError) as err:
+        saver({"pred": mask, "id": "case", "findings": {}})
+    assert "is the input scan" in str(err.value) and str(scan) in str(err.value)
+    assert _files_under(tmp_path) == [scan]
+    assert scan.read_bytes() == before
