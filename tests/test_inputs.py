@@ -350,13 +350,14 @@ def _bad_2d_scan(example_ct, folder: Path) -> Path:
 
 
 def _bad_dicom_folder(shared_data, folder: Path) -> Path:
-    src = sorted((shared_data / "lidc_idri_0314_nodule" / "dicom").glob("*.dcm"))[:12]
+    """The whole 48 mm LIDC slab (big enough to screen) with the pixel data of one slice cut short."""
+    src = sorted((shared_data / "lidc_idri_0314_nodule" / "dicom").glob("*.dcm"))
     series = folder / "lidc"
     series.mkdir(parents=True)
     for f in src:
         shutil.copyfile(f, series / f.name)
-    victim = series / src[4].name
-    victim.write_bytes(src[4].read_bytes()[:2000])
+    victim = series / src[20].name
+    victim.write_bytes(src[20].read_bytes()[:2000])
     return victim
 
 
