@@ -225,7 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
             "networks and weights, in one process, and report windows, seconds, peak memory, the speed-up and "
             "the compute floor c_glance/c_focus + k (method.md section 4). Run from the bundle root."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=(
+            "example: python -m bundle.benchmark --input ../shared/data/tcia_pancreatic_ct_cbct_seg_full_series/dicom "
+            "--config_file configs/inference.yaml --config_file configs/small.yaml --allow_untrained "
+            "--keep_fraction 0.167 --output results.json"
+        ),
     )
     parser.add_argument("--input", required=True, help="one scan: a NIfTI/NRRD/MHA file or a DICOM series folder")
     parser.add_argument(
@@ -246,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow_untrained", action="store_true", help="run with seeded random weights when there is no checkpoint"
     )
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each mode; timings are the median")
-    parser.add_argument("--output", help="also write every figure to this JSON file")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each mode; timings are the median (default 1)")
+    parser.add_argument("--output", help="also write every figure to this JSON file (atomically)")
     return parser
 
 
@@ -345,12 +349,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         threshold, source = args.threshold, "cli"
     else:
         threshold, source = parser.get_parsed_content("glance_threshold"), "config"
+    # With a keep fraction the threshold only makes Glance run (not None); the top fraction is what is kept.
+    gf_threshold = 0.0 if args.keep_fraction is not None else threshold
     inferers = {
         "dense": MeasuredInferer(glance, threshold=None, **params),
-        # With a keep fraction the threshold only makes Glance run (not None); the top fraction is what is kept.
-        "glance_focus": MeasuredInferer(
-            glance, threshold=0.0 if args.keep_fraction is not None else threshold, keep_fraction=args.keep_fraction, **params
-        ),
+        "glance_focus": MeasuredInferer(glance, threshold=gf_threshold, keep_fraction=args.keep_fraction, **params),
     }
 
     t0 = time.perf_counter()

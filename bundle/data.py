@@ -24,7 +24,9 @@ def _dicom_item(folder: Path) -> dict:
     return {"image": str(folder), "id": folder.name, "body_part": info["body_part"]}
 
 
-def list_inputs(input_path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, split: str = "test") -> list[dict]:
+def list_inputs(
+    input_path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, split: str = "test"
+) -> list[dict]:
     """Data items (``image``, ``id``, optional ``label``, ``region``, ``body_part``) for ``input_path``.
 
     - a ``.json`` datalist: the items of ``split``, paths relative to ``dataset_dir`` (default: the JSON's folder);

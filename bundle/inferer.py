@@ -20,6 +20,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices, get_val
 from monai.inferers import Inferer
 from monai.inferers.utils import _get_scan_interval
 from monai.utils import BlendMode, ensure_tuple_rep
+from tqdm import tqdm
 
 from bundle.networks import select_probability
 
@@ -66,7 +67,7 @@ class GlanceFocusInferer(Inferer):
             number of windows.
         mode, sigma_scale: blending, as in ``sliding_window_inference``.
         device: where the networks run (windows are moved there batch by batch); the output stays on the input's device.
-        progress: log a line per Focus batch (useful on CPU, where a scan takes minutes).
+        progress: show a progress bar over the Focus batches (useful on CPU, where a scan takes minutes).
     """
 
     def __init__(
@@ -150,8 +151,8 @@ class GlanceFocusInferer(Inferer):
         kept = [s for s, k in zip(tiling.slices, keep.tolist()) if k]
         prob = None
         count = torch.zeros((1, 1, *tiling.image_size), dtype=torch.float32, device=out_device)
-        n_batches = -(-len(kept) // self.focus_batch_size)
-        for b, start in enumerate(range(0, len(kept), self.focus_batch_size)):
+        starts = range(0, len(kept), self.focus_batch_size)
+        for start in tqdm(starts, desc="Focus", unit="batch", leave=False) if self.progress else starts:
             batch_slices = kept[start : start + self.focus_batch_size]
             seg = torch.softmax(network(self._windows(image, batch_slices)).float(), dim=1).to(out_device)
             if prob is None:
@@ -160,8 +161,6 @@ class GlanceFocusInferer(Inferer):
                 idx = (slice(None), slice(None), *s)
                 prob[idx] += window[None] * importance
                 count[idx] += importance
-            if self.progress:
-                logger.info("Focus batch %d/%d", b + 1, n_batches)
         if prob is None:
             prob = torch.zeros((1, 2, *tiling.image_size), dtype=torch.float32, device=out_device)
         covered = count > 0
@@ -170,7 +169,7 @@ class GlanceFocusInferer(Inferer):
         return prob
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
-        """Segment ``inputs`` (B, 1, H, W, D); returns per-class probabilities (B, 2, H, W, D) and sets ``last_stats``."""
+        """Segment ``inputs`` (B, 1, H, W, D): per-class probabilities (B, 2, H, W, D); sets ``last_stats``."""
         if inputs.ndim != 2 + len(self.roi_size):
             raise ValueError(f"expected input of shape (B, C, {len(self.roi_size)} spatial dims), got {inputs.shape}.")
         outputs, stats = [], []

@@ -16,7 +16,8 @@ def summarise_findings(findings: dict, top: int = 5) -> str:
     if findings.get("weights", {}).get("status") != "trained":
         lines.append("!! UNTRAINED WEIGHTS: random networks; these findings are NOT results !!")
     lines.append(
-        f"{findings['case_id']}: {findings['lesion_count']} lesion(s), suspicion score {findings['suspicion_score']:.3f}, "
+        f"{findings['case_id']}: {findings['lesion_count']} lesion(s), "
+        f"suspicion score {findings['suspicion_score']:.3f}, "
         f"region {findings['region']} [{findings['region_source']}]"
     )
     lines.append(
@@ -28,7 +29,8 @@ def summarise_findings(findings: dict, top: int = 5) -> str:
         x, y, z = les["centroid_mm"]
         lines.append(
             f"  #{les['number']}: ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS, {les['volume_mm3']:.0f} mm3, longest axial "
-            f"{les['longest_axial_diameter_mm']:.1f} mm, p mean {les['mean_probability']:.2f} max {les['max_probability']:.2f}"
+            f"{les['longest_axial_diameter_mm']:.1f} mm, "
+            f"p mean {les['mean_probability']:.2f} max {les['max_probability']:.2f}"
         )
     if len(findings["lesions"]) > top:
         lines.append(f"  ... {len(findings['lesions']) - top} more in the findings JSON")

@@ -95,7 +95,7 @@ class SelectRegiond(MapTransform):
             d[self.region_key], source = _BODY_PART_REGION[body_part], "dicom"
         else:
             key = self.first_key(d)
-            frac = lung_fraction(np.asarray(d[key])[:, ::2, ::2, :])
+            frac = lung_fraction(np.asarray(d[key]))
             d[self.region_key] = "chest" if frac >= self.lung_fraction_chest else "abdomen"
             source = f"auto (lung-density fraction {frac:.2f})"
         d[f"{self.region_key}_source"] = source

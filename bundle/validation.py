@@ -79,7 +79,8 @@ def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> d
     normal = np.cross(orientation[:3], orientation[3:])
     if abs(normal[2]) < 0.9:
         raise InvalidScanError(f"{folder}: not an axial series (slice normal {np.round(normal, 3).tolist()}).")
-    if any(not np.allclose(np.asarray(h.ImageOrientationPatient, dtype=float), orientation, atol=1e-3) for h in headers):
+    orientations = np.asarray([h.ImageOrientationPatient for h in headers], dtype=float)
+    if not np.allclose(orientations, orientation, atol=1e-3):
         raise InvalidScanError(f"{folder}: slices have different orientations.")
     if len(headers) < 2:
         raise InvalidScanError(f"{folder}: a single slice is a 2D image, not a CT volume.")
@@ -91,7 +92,8 @@ def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> d
     if np.any(np.abs(gaps - step) > spacing_tolerance * step):
         worst = float(gaps[np.argmax(np.abs(gaps - step))])
         raise InvalidScanError(
-            f"{folder}: uneven slice spacing or missing slices (median gap {step:.3f} mm, found a gap of {worst:.3f} mm)."
+            f"{folder}: uneven slice spacing or missing slices "
+            f"(median gap {step:.3f} mm, found a gap of {worst:.3f} mm)."
         )
     return {
         "series_instance_uid": str(first.SeriesInstanceUID),

@@ -1,4 +1,4 @@
-"""The bundle as MONAI tooling sees it: metadata, network I/O, and the inference and evaluation configs on real scans."""
+"""The bundle as MONAI tooling sees it: metadata, network I/O, the inference and evaluation configs on real scans."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def _files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-# ---------------------------------------------------------------------------------------------------------- fixtures
+# ------------------------------------------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def _rewrite(path: Path, **tags) -> None:
     ds.save_as(path)
 
 
-# ------------------------------------------------------------------------------------------------ DICOM series checks
+# -------------------------------------------------------------------------------------------------- DICOM series checks
 
 
 def test_not_ct_modality(lidc_series, tmp_path):
@@ -188,7 +188,7 @@ def test_garbage_nifti(preprocessing, tmp_path):
     assert "cannot find a suitable reader" in text
 
 
-# ------------------------------------------------------------------------------------------- volume checks (ValidateCTd)
+# ------------------------------------------------------------------------------------------ volume checks (ValidateCTd)
 
 
 def test_2d_slice(preprocessing, example_ct, tmp_path):
@@ -278,7 +278,7 @@ def test_orientation_does_not_change_preprocessing(preprocessing, example_ct, tm
     np.testing.assert_allclose(a["image"].numpy(), b["image"].numpy(), atol=1e-4)
 
 
-# ------------------------------------------------------------------------------------------------------------ weights
+# -------------------------------------------------------------------------------------------------------------- weights
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +341,7 @@ def test_weights_wrong_shape(networks, tmp_path, mismatched):
     assert f"the {mismatched} weights do not fit the configured {mismatched} network" in str(err.value)
 
 
-# ------------------------------------------------------------------------------------------------- nothing partial
+# ------------------------------------------------------------------------------------------------------ nothing partial
 
 
 def _bad_2d_scan(example_ct, folder: Path) -> Path:
@@ -404,7 +404,8 @@ def test_save_outputs_refuses_to_overwrite_the_input(example_ct, tmp_path):
     scan.parent.mkdir()
     _save_nifti(np.asarray(example_ct.dataobj)[:8, :8, :8], example_ct.affine, scan)
     before = scan.read_bytes()
-    mask = MetaTensor(torch.zeros(1, 8, 8, 8), affine=torch.as_tensor(example_ct.affine), meta={"filename_or_obj": str(scan)})
+    affine = torch.as_tensor(example_ct.affine)
+    mask = MetaTensor(torch.zeros(1, 8, 8, 8), affine=affine, meta={"filename_or_obj": str(scan)})
     saver = SaveScanOutputsd(keys="pred", output_dir=str(tmp_path))
     with pytest.raises(ValueError) as err:
         saver({"pred": mask, "id": "case", "findings": {}})

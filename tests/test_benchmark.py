@@ -1,0 +1,65 @@
+"""The benchmark (bundle/benchmark.py): its keep-fraction selection, and one real run of both modes on a small scan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from bundle.benchmark import main, top_fraction_mask
+from bundle.inferer import GlanceFocusInferer
+from tests.conftest import ROOT
+
+CONFIGS = ["configs/inference.yaml", "configs/small.yaml"]
+
+
+@pytest.mark.parametrize("k", [0.0, 0.1, 0.167, 0.25, 0.5, 0.9, 1.0])
+def test_top_fraction_keeps_exactly_round_k_n_highest_scores(k):
+    scores = torch.rand(137, generator=torch.Generator().manual_seed(0))
+    keep = top_fraction_mask(scores, k)
+    assert keep.dtype == torch.bool and keep.shape == scores.shape
+    assert int(keep.sum()) == round(k * 137)
+    if 0 < k < 1:
+        assert scores[keep].min() > scores[~keep].max()
+
+
+def test_top_fraction_with_ties_keeps_exactly_round_k_n_lowest_index_first():
+    scores = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.5, 0.5, 0.1, 0.9])
+    keep = top_fraction_mask(scores, 0.5)  # the two 0.9 and the first two of four tied 0.5
+    assert keep.tolist() == [False, True, True, True, False, False, False, True]
+    assert top_fraction_mask(torch.full((6,), 0.7), 0.5).tolist() == [True] * 3 + [False] * 3
+
+
+def test_top_fraction_edges():
+    scores = torch.tensor([1.0, 1.0, 0.0])
+    assert not top_fraction_mask(scores, 0.0).any()
+    assert top_fraction_mask(scores, 1.0).all()
+    assert top_fraction_mask(torch.zeros(0), 0.5).numel() == 0
+    with pytest.raises(ValueError):
+        top_fraction_mask(scores, 1.5)
+
+
+def test_benchmark_on_a_small_real_scan(shared_data, tmp_path, monkeypatch, capsys):
+    """A thigh CT crop that preprocesses to 4 windows: dense runs Focus on 4, Glance-Focus on the top 1."""
+    monkeypatch.chdir(ROOT)
+    scan = shared_data / "mirp_sts_sarcoma_ct" / "STS_003" / "nifti" / "image" / "image.nii.gz"
+    output = tmp_path / "bench.json"
+    argv = ["--input", str(scan), "--allow_untrained", "--keep_fraction", "0.25", "--output", str(output)]
+    results = main(argv + [arg for config in CONFIGS for arg in ("--config_file", config)])
+
+    parser = ConfigParser()
+    parser.read_config(CONFIGS)
+    tiler = GlanceFocusInferer(torch.nn.Identity(), roi_size=parser["roi_size"], overlap=parser["overlap"])
+    n_windows = len(tiler.tile(results["scan"]["preprocessed_shape"][1:]).slices)
+    assert n_windows == 4
+    dense, gf = results["dense"], results["glance_focus"]
+    assert dense["windows_total"] == gf["windows_total"] == n_windows
+    assert dense["windows_kept"] == n_windows and dense["keep_fraction"] == 1.0
+    assert gf["windows_kept"] == round(0.25 * n_windows) and gf["keep_fraction"] == pytest.approx(0.25)
+    assert dense["glance_seconds"] < gf["glance_seconds"]  # dense mode never runs Glance
+    assert results["speedup"] > 0 and results["compute_floor"]["fraction_of_dense"] > 0.25
+    assert results["agreement"]["voxels"] > 0 and results["agreement"]["max_abs_diff"] < 1e-4
+    assert json.loads(output.read_text())["glance_focus"]["windows_kept"] == gf["windows_kept"]
+    assert "speed-up dense / Glance-Focus total" in capsys.readouterr().out
