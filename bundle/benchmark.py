@@ -19,12 +19,10 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
-import json
 import logging
 import os
 import platform
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +35,7 @@ from monai.utils import set_determinism
 
 from bundle.data import list_inputs
 from bundle.inferer import GlanceFocusInferer, Tiling
+from bundle.writers import atomic_write_json
 
 __all__ = ["main", "top_fraction_mask", "PeakMemory", "MeasuredInferer"]
 
@@ -164,21 +163,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write through a temporary file in the same folder and ``os.replace``, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _run_mode(
@@ -434,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     print(report(results), flush=True)
     if args.output:
-        write_json_atomic(args.output, results)
+        atomic_write_json(results, args.output)
         print(f"wrote {args.output}")
     return results
 

@@ -9,7 +9,6 @@ load on the grid of its image; `tests/test_datalist.py` fails when the committed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import SimpleITK as sitk
 from monai.transforms import LoadImage
+
+from bundle.writers import atomic_write_json
 
 DATA_ROOT_HINT = "../shared/data"
 DESCRIPTION = (
@@ -122,17 +123,6 @@ def build_datalist(data_root: str | os.PathLike) -> dict:
     return datalist
 
 
-def write_json_atomic(data: dict, output: Path) -> None:
-    """Write via a temporary file in the target folder, so a crash never leaves a truncated datalist."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bundle.datalist",
@@ -148,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         datalist = build_datalist(args.data_root)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from error
-    write_json_atomic(datalist, args.output)
+    atomic_write_json(datalist, args.output, indent=4)
     print(f"wrote {args.output}: " + ", ".join(f"{len(datalist[split])} {split}" for split in SPLITS))
 
 

@@ -16,8 +16,6 @@ lesion type, writes one JSON report and prints a table. Usable from a bundle con
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImage
 
 from bundle.metrics import flare_dsc_nsd, healthy_scan_is_fp, lesion_detection
+from bundle.writers import atomic_write_json
 
 __all__ = ["LesionEvaluation", "summarise"]
 
@@ -99,22 +98,6 @@ def _format_table(overall: dict[str, Any], by_region: dict[str, Any], by_lesion_
         ]
         lines.append(f"{name:<{name_width}}  " + "  ".join(cells))
     return "\n".join(lines)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON via a temporary file in the same folder and os.replace, so readers never see a partial report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=4)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 class LesionEvaluation:
@@ -249,6 +232,6 @@ class LesionEvaluation:
                 "lesion_found_rule": "a ground-truth component is found when a predicted voxel overlaps it",
             },
         }
-        _write_json_atomic(self.output_file, report)
+        atomic_write_json(report, self.output_file, indent=4)
         print(_format_table(report["overall"], report["by_region"], report["by_lesion_type"]))
         return report

@@ -19,6 +19,7 @@ from monai.data import MetaTensor
 from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
 from monai.inferers import Inferer
 from monai.inferers.utils import _get_scan_interval
+from monai.networks.utils import eval_mode
 from monai.utils import BlendMode, ensure_tuple_rep
 from tqdm import tqdm
 
@@ -122,11 +123,12 @@ class GlanceFocusInferer(Inferer):
 
     @torch.no_grad()
     def glance_scores(self, image: torch.Tensor, tiling: Tiling) -> torch.Tensor:
-        """Glance's p_i for every window of ``image`` (shape (1, C, *image_size)), in batches."""
+        """Glance's p_i for every window of ``image`` (shape (1, C, *image_size)), in batches, in eval mode."""
         scores = []
-        for start in range(0, len(tiling.slices), self.glance_batch_size):
-            batch = self._windows(image, tiling.slices[start : start + self.glance_batch_size])
-            scores.append(select_probability(self.glance(batch)).cpu())
+        with eval_mode(self.glance):
+            for start in range(0, len(tiling.slices), self.glance_batch_size):
+                batch = self._windows(image, tiling.slices[start : start + self.glance_batch_size])
+                scores.append(select_probability(self.glance(batch)).cpu())
         return torch.cat(scores) if scores else torch.zeros(0)
 
     def keep_mask(self, scores: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRange, Transform
+from scipy import ndimage
 
 from bundle.validation import InvalidScanError, check_ct_volume
 
@@ -37,10 +38,16 @@ def region_window(region: str) -> tuple[float, float]:
 
 
 def lung_fraction(hu: np.ndarray) -> float:
-    """Fraction of the non-air voxels that have lung density: large on chest CT, small on abdominal CT."""
-    tissue = hu > -950
-    lung = tissue & (hu < -500)
-    return float(lung.sum()) / max(int(tissue.sum()), 1)
+    """Fraction of the body (C, X, Y, Z in RAS) that has lung density: large on chest CT, small elsewhere.
+
+    The body is each axial slice's soft tissue with its holes filled, so air outside the patient (and the noise
+    around it) never counts, while the lungs, enclosed by the chest wall, do.
+    """
+    vol = np.asarray(hu)[0, ::2, ::2, :]
+    tissue = vol > -500
+    body = np.stack([ndimage.binary_fill_holes(tissue[..., z]) for z in range(vol.shape[-1])], axis=-1)
+    lung = body & ~tissue
+    return float(lung.sum()) / max(int(body.sum()), 1)
 
 
 class ValidateCTd(MapTransform):
@@ -65,7 +72,8 @@ class ValidateCTd(MapTransform):
 class SelectRegiond(MapTransform):
     """Decide the body region of each scan and record where the decision came from.
 
-    Priority: the data item's ``region`` (datalist), a fixed ``region`` from the config, the DICOM BodyPartExamined
+    Runs after ``Orientationd`` (RAS), so that the automatic choice sees axial slices. Priority: the data item's
+    ``region`` (datalist), a fixed ``region`` from the config, the DICOM BodyPartExamined
     (``body_part`` in the item), then an automatic choice from the lung-density fraction of the scan. The result goes
     into ``region`` and ``region_source``; the findings report both.
     """
@@ -95,7 +103,7 @@ class SelectRegiond(MapTransform):
             d[self.region_key], source = _BODY_PART_REGION[body_part], "dicom"
         else:
             key = self.first_key(d)
-            frac = lung_fraction(np.asarray(d[key]))
+            frac = lung_fraction(d[key])
             d[self.region_key] = "chest" if frac >= self.lung_fraction_chest else "abdomen"
             source = f"auto (lung-density fraction {frac:.2f})"
         d[f"{self.region_key}_source"] = source

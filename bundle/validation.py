@@ -103,9 +103,7 @@ def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> d
     }
 
 
-def check_ct_volume(
-    image: np.ndarray, spacing: Sequence[float], source: str, min_extent_mm: float = 30.0
-) -> None:
+def check_ct_volume(image: np.ndarray, spacing: Sequence[float], source: str, min_extent_mm: float = 30.0) -> None:
     """Check a loaded volume (C, X, Y, Z) in Hounsfield units: 3D, sane spacing, big enough, HU-like values."""
     if image.ndim != 4 or image.shape[0] != 1:
         raise InvalidScanError(f"{source}: expected one 3D CT volume, got array of shape {tuple(image.shape)}.")

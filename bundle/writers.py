@@ -38,12 +38,12 @@ def _temp_beside(path: Path, suffix: str) -> Path:
     return Path(tmp)
 
 
-def atomic_write_json(obj: object, path: str | os.PathLike) -> Path:
+def atomic_write_json(obj: object, path: str | os.PathLike, indent: int = 2) -> Path:
     """Write JSON to a temporary file beside ``path``, then rename: readers never see half a file."""
     path = Path(path)
     tmp = _temp_beside(path, ".json")
     try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

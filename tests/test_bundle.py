@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -200,3 +199,28 @@ def test_evaluate_config_on_known_predictions(shared_data, tmp_path):
     assert report["overall"]["keep_fraction"] == pytest.approx(0.25)
     assert "DSC" in out.stdout + out.stderr
     shutil.rmtree(preds)
+
+
+@pytest.mark.parametrize(
+    "scan,item,region,source,window",
+    [
+        ("pyradiomics_lung1/lung1_image.nrrd", {}, "chest", "auto", (-900, 650)),
+        ("mirp_sts_sarcoma_ct/STS_003/nifti/image/image.nii.gz", {}, "abdomen", "auto", (-175, 250)),
+        ("mirp_sts_sarcoma_ct/STS_003/nifti/image/image.nii.gz", {"region": "chest"}, "chest", "datalist", (-900, 650)),
+        ("mirp_sts_sarcoma_ct/STS_003/nifti/image/image.nii.gz", {"body_part": "CHEST"}, "chest", "dicom", (-900, 650)),
+    ],
+)
+def test_hu_window_follows_the_body_region(shared_data, scan, item, region, source, window):
+    """The region decides the window: voxels at the window's bounds map to exactly 0 and 1 after preprocessing."""
+    p = ConfigParser()
+    p.read_config(INFERENCE)
+    p["bundle_root"] = str(ROOT)
+    out = p.get_parsed_content("preprocessing")({"image": str(shared_data / scan), **item})
+    assert out["region"] == region and out["region_source"].startswith(source)
+    raw = LoadImage(image_only=True, reader="ITKReader")(str(shared_data / scan))
+    lo, hi = window
+    img = out["image"]
+    assert float(img.min()) == 0.0 and float(img.max()) == 1.0
+    # the fraction of saturated voxels equals the fraction of body voxels at or beyond the window's upper bound
+    inside = img[img > 0]
+    assert float((inside >= 1.0).float().mean()) == pytest.approx(float((raw[raw > lo] >= hi).float().mean()), abs=0.03)
