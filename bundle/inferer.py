@@ -100,6 +100,8 @@ class GlanceFocusInferer(Inferer):
         self.device = device
         self.progress = progress
         self.last_stats: GlanceFocusStats | None = None
+        self.last_tiling: Tiling | None = None
+        self.last_scores: torch.Tensor | None = None
 
     def tile(self, spatial_shape: Sequence[int]) -> Tiling:
         """Pad (as ``sliding_window_inference`` does) to at least one window and list the windows."""
@@ -203,6 +205,7 @@ class GlanceFocusInferer(Inferer):
         if any(tiling.pad):
             crop = [slice(tiling.pad[2 * (len(spatial) - 1 - d)], None) for d in range(len(spatial))]
             prob = prob[(slice(None), slice(None), *[slice(c.start, c.start + s) for c, s in zip(crop, spatial)])]
+        self.last_tiling, self.last_scores = tiling, scores
         n_kept = int(keep.sum())
         stats = GlanceFocusStats(
             windows_total=len(tiling.slices),

@@ -1,0 +1,151 @@
+"""Glance threshold calibration: the choice rule, the config line rewrite, and one real run on the validation scan."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from monai.bundle import ConfigParser
+
+from bundle.calibrate import choose_threshold, main, rewrite_threshold_line
+from bundle.checkpoint import WeightsError
+from tests.conftest import ROOT
+
+INFERENCE = ROOT / "configs/inference.yaml"
+SMALL = ROOT / "configs/small.yaml"
+
+# 4 lesion windows, 4 lesion-free ones.
+SCORES = [0.9, 0.8, 0.3, 0.6, 0.1, 0.5, 0.85, 0.2]
+LABELS = [True, True, True, True, False, False, False, False]
+
+
+@pytest.mark.parametrize(
+    "target,threshold,sensitivity,specificity,kept",
+    [
+        (1.0, 0.3, 1.0, 0.5, 6),  # target 1: the smallest lesion score
+        (0.97, 0.3, 1.0, 0.5, 6),  # ceil(0.97 * 4) = 4 lesion windows needed
+        (0.5, 0.8, 0.5, 0.75, 3),  # 2 lesion windows: the second highest lesion score
+    ],
+)
+def test_choose_threshold_known_answers(target, threshold, sensitivity, specificity, kept):
+    r = choose_threshold(SCORES, LABELS, target)
+    assert r["threshold"] == threshold
+    assert r["sensitivity"] == sensitivity and r["specificity"] == specificity
+    assert r["windows_kept"] == kept and r["keep_fraction"] == kept / 8
+    assert (r["windows"], r["lesion_windows"], r["lesion_free_windows"]) == (8, 4, 4)
+
+
+def test_choose_threshold_exact_target_is_not_lost_to_rounding():
+    """0.97 * 100 is 97.00000000000001 in floating point: 97 lesion windows must suffice, not 98."""
+    r = choose_threshold(np.arange(1, 101) / 100, np.ones(100, bool), 0.97)
+    assert r["threshold"] == 0.04 and r["sensitivity"] == 0.97 and r["lesion_windows_kept"] == 97
+
+
+def test_choose_threshold_ties_are_all_kept():
+    """Windows tied at t are all kept (p >= t), so sensitivity may exceed the target."""
+    r = choose_threshold([0.7, 0.7, 0.7, 0.2, 0.7, 0.1], [True, True, True, True, False, False], 0.5)
+    assert r["threshold"] == 0.7
+    assert r["sensitivity"] == 0.75 and r["lesion_windows_kept"] == 3
+    assert r["specificity"] == 0.5 and r["windows_kept"] == 4
+
+
+def test_choose_threshold_is_the_largest_that_reaches_the_target():
+    rng = np.random.default_rng(0)
+    for target in (0.5, 0.9, 0.97, 1.0):
+        scores, labels = rng.random(200).astype(np.float32), rng.random(200) < 0.3
+        r = choose_threshold(scores, labels, target)
+        assert r["sensitivity"] >= target
+        assert (scores[labels] >= np.nextafter(r["threshold"], 2)).mean() < target
+
+
+def test_choose_threshold_without_lesion_windows_or_bad_target_fails():
+    with pytest.raises(ValueError, match="no lesion windows"):
+        choose_threshold([0.2, 0.9], [False, False], 0.97)
+    with pytest.raises(ValueError, match="target sensitivity"):
+        choose_threshold(SCORES, LABELS, 0.0)
+
+
+@pytest.mark.parametrize("value", [0.123456789, 1e-05, 1.0])
+def test_rewrite_changes_only_the_threshold_line(tmp_path, value):
+    config = tmp_path / "inference.yaml"
+    shutil.copy(INFERENCE, config)
+    before = INFERENCE.read_text().splitlines()
+    rewrite_threshold_line(config, value, "calibrated: test, see calibration.json")
+    after = config.read_text().splitlines()
+    assert len(after) == len(before)
+    changed = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
+    assert len(changed) == 1 and before[changed[0]].startswith("glance_threshold:")
+    assert after[changed[0]].endswith("  # calibrated: test, see calibration.json")
+    parser = ConfigParser()
+    parser.read_config([str(config)])
+    parsed = parser.get_parsed_content("glance_threshold")
+    assert isinstance(parsed, float) and parsed == value
+
+
+@pytest.mark.parametrize("edit", ["duplicate", "missing"])
+def test_rewrite_refuses_without_exactly_one_threshold_line(tmp_path, edit):
+    lines = INFERENCE.read_text().splitlines(keepends=True)
+    if edit == "duplicate":
+        lines.append("glance_threshold: 0.3\n")
+    else:
+        lines = [line for line in lines if not line.startswith("glance_threshold:")]
+    config = tmp_path / "inference.yaml"
+    config.write_text("".join(lines))
+    with pytest.raises(ValueError, match="exactly one"):
+        rewrite_threshold_line(config, 0.4, "calibrated")
+    assert config.read_text() == "".join(lines)
+
+
+def _args(shared_data, tmp_path, *extra):
+    return [
+        "--config_file",
+        str(INFERENCE),
+        "--config_file",
+        str(SMALL),
+        "--datalist",
+        str(ROOT / "configs/datalist.json"),
+        "--dataset_dir",
+        str(shared_data),
+        "--split",
+        "validation",
+        "--ckpt_path",
+        str(tmp_path / "no_weights.pt"),
+        "--write_config",
+        str(tmp_path / "inference.yaml"),
+        "--output",
+        str(tmp_path / "calibration.json"),
+        *extra,
+    ]
+
+
+def test_real_calibration_on_the_validation_scan(shared_data, tmp_path, capsys):
+    """STS_003 (a thigh crop, 4 windows) with the small networks, untrained: JSON record and the config's line."""
+    config = tmp_path / "inference.yaml"
+    shutil.copy(INFERENCE, config)
+    with pytest.raises(RuntimeError) as failure:  # the config parser wraps the WeightsError
+        main(_args(shared_data, tmp_path))  # untrained weights need --allow_untrained, to run or to write
+    assert isinstance(failure.value.__cause__, WeightsError)
+    assert config.read_text() == INFERENCE.read_text()
+
+    main(_args(shared_data, tmp_path, "--allow_untrained"))
+    out = capsys.readouterr()
+    record = json.loads((tmp_path / "calibration.json").read_text())
+    parser = ConfigParser()
+    parser.read_config([str(INFERENCE), str(SMALL)])
+    inferer = parser.get_parsed_content("inferer")
+    (case,) = record["cases"]
+    assert case["id"] == "STS_003"
+    assert len(case["scores"]) == len(case["labels"]) == len(inferer.tile(case["preprocessed_shape"]).slices)
+    assert any(case["labels"])
+    result = record["result"]
+    assert result["windows"] == len(case["scores"]) and result["lesion_windows"] == sum(case["labels"])
+    assert result["sensitivity"] >= record["result"]["target_sensitivity"] == 0.97
+    assert record["weights"]["status"] == "untrained" and record["split"] == "validation"
+    assert "WARNING" in out.err and "UNTRAINED" in out.err
+    parsed = ConfigParser()
+    parsed.read_config([str(config)])
+    assert parsed.get_parsed_content("glance_threshold") == result["threshold"]
+    (line,) = [line for line in config.read_text().splitlines() if line.startswith("glance_threshold:")]
+    assert "UNTRAINED" in line and "validation" in line and str(tmp_path / "calibration.json") in line
