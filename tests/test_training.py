@@ -1,0 +1,101 @@
+"""configs/train.yaml on real scans: a few GRL iterations, checkpoints, the Glance_old sync, and resuming."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from bundle.checkpoint import load_weights
+from tests.conftest import ROOT
+
+TRAIN = [str(ROOT / "configs/train.yaml"), str(ROOT / "configs/small.yaml")]
+# 64 x 64 x 32 windows keep CPU iterations short; everything else is the small configuration as shipped.
+FAST = {"roi_size": [64, 64, 32], "warmup_iterations": 0, "device": "$torch.device('cpu')", "amp": False}
+
+
+def _workflow(tmp_path, shared_data, **override) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=TRAIN,
+        meta_file=str(ROOT / "configs/metadata.json"),
+        logging_file=str(ROOT / "configs/logging.conf"),
+        workflow_type="train",
+        run_id="training",
+        bundle_root=str(ROOT),
+        dataset_dir=str(shared_data),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        **{**FAST, **override},
+    )
+    wf.initialize()
+    return wf
+
+
+def _params(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_a_few_iterations_write_checkpoints_and_train_both_networks(shared_data, tmp_path):
+    wf = _workflow(tmp_path, shared_data, max_epochs=2, val_interval=2, sync_interval=2)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    glance0, focus0 = _params(trainer.glance), _params(trainer.network)
+    terms = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: terms.append(
+            {k: float(e.state.output[k]) for k in ("loss", "seg", "ce", "clip", "kl", "mean_ratio")}
+        ),
+    )
+    wf.run()
+    n_iter = 2 * math.ceil(3 / 2)  # 3 training scans, 2 per step, 2 epochs
+    assert trainer.state.iteration == len(terms) == n_iter
+    for t in terms:
+        assert all(math.isfinite(v) for v in t.values()), t
+    # the ratio is exactly 1 right after each sync (iterations 1 and 3 with sync_interval 2), not in between
+    assert terms[0]["mean_ratio"] == 1.0 and terms[2]["mean_ratio"] == 1.0
+    assert terms[1]["mean_ratio"] != 1.0
+    for before, net in ((glance0, trainer.glance), (focus0, trainer.network)):
+        after = net.state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    models = tmp_path / "models"
+    assert (models / "checkpoint_last.pt").is_file() and (models / "model.pt").is_file()
+    # the best checkpoint is what inference loads: same format, weights_only=True
+    glance, focus = wf.parser.get_parsed_content("glance_def"), wf.parser.get_parsed_content("network_def")
+    status = load_weights(models / "model.pt", glance, focus)
+    assert status["status"] == "trained"
+    val = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert 0 <= val["val_mean_dice"] <= 1 and 0 <= val["keep_fraction"] <= 1
+    assert val["glance_sensitivity"] in (0.0, 1.0) or 0 < val["glance_sensitivity"] < 1
+
+
+def test_resume_restores_iteration_optimisers_schedules_and_old_glance(shared_data, tmp_path):
+    first = _workflow(tmp_path, shared_data, max_epochs=1, val_interval=10, sync_interval=5)
+    first.run()
+    saved = torch.load(tmp_path / "models/checkpoint_last.pt", weights_only=True)
+    assert saved["trainer"]["iteration"] == 2
+
+    resumed = _workflow(tmp_path, shared_data, max_epochs=2, val_interval=10, sync_interval=5, resume=True)
+    trainer = resumed.parser.get_parsed_content("train#trainer")
+    resumed.parser.get_parsed_content("state_loader")(trainer)
+    assert trainer.state.iteration == 2 and trainer.state.epoch == 1
+    for key in ("glance_old", "focus", "glance"):
+        obj = trainer.glance_old if key == "glance_old" else (trainer.network if key == "focus" else trainer.glance)
+        for name, value in obj.state_dict().items():
+            assert torch.equal(value, saved[key][name]), (key, name)
+    for key in ("focus_optimizer", "glance_optimizer"):
+        state = resumed.parser.get_parsed_content(key).state_dict()["state"]
+        assert state and all(torch.equal(state[i]["exp_avg"], saved[key]["state"][i]["exp_avg"]) for i in state)
+    for key in ("focus_scheduler", "glance_scheduler"):
+        assert resumed.parser.get_parsed_content(key).last_epoch == saved[key]["last_epoch"] == 2
+    resumed.run()
+    assert trainer.state.iteration == 4 and trainer.state.epoch == 2
+
+
+@pytest.mark.parametrize("bad", [{"sync_interval": 0}])
+def test_invalid_trainer_settings_are_rejected(shared_data, tmp_path, bad):
+    wf = _workflow(tmp_path, shared_data, **bad)
+    with pytest.raises(Exception, match="sync_interval"):
+        wf.parser.get_parsed_content("train#trainer")
