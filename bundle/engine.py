@@ -183,6 +183,8 @@ class GlanceWindowMetrics:
         )
 
     def compute(self, engine: Engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.counts)  # every rank validated its share of the scans
         tp, fn, tn, fp = (int(c) for c in self.counts)
         total = tp + fn + tn + fp
         engine.state.metrics["keep_fraction"] = (tp + fp) / total if total else float("nan")

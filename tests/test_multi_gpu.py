@@ -1,0 +1,40 @@
+"""configs/multi_gpu_train.yaml under torchrun: two CPU processes (gloo), DDP on both networks, rank 0 writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from tests.conftest import ROOT
+
+
+def test_two_process_ddp_training_on_cpu(shared_data, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    configs = "['configs/train.yaml','configs/small.yaml','configs/multi_gpu_train.yaml']"
+    cmd = [
+        torchrun, "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+        "-m", "monai.bundle", "run", "training", "--config_file", configs,
+        "--bundle_root", str(ROOT), "--dataset_dir", str(shared_data),
+        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
+        "--roi_size", "[64,64,32]", "--max_epochs", "2", "--val_interval", "2", "--warmup_iterations", "0",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    state = torch.load(tmp_path / "models/checkpoint_last.pt", weights_only=True)
+    # 3 training scans split over 2 ranks (2 each, padded), 2 scans per step: one iteration per epoch on each rank
+    assert state["trainer"]["iteration"] == 2 and state["trainer"]["max_epochs"] == 2
+    assert not any(k.startswith("module.") for k in state["focus"]) and not any(
+        k.startswith("module.") for k in state["glance"]
+    )
+    # only rank 0 logs and writes: one process's TensorBoard files (train and validation), one checkpoint set
+    assert len({p.name.split(".")[5] for p in (tmp_path / "runs").glob("events.out.tfevents.*")}) == 1
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "checkpoint_checkpoint_epoch=2.pt",
+        "checkpoint_last.pt",
+        "model.pt",
+    ]
