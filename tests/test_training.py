@@ -66,9 +66,32 @@ def test_a_few_iterations_write_checkpoints_and_train_both_networks(shared_data,
     glance, focus = wf.parser.get_parsed_content("glance_def"), wf.parser.get_parsed_content("network_def")
     status = load_weights(models / "model.pt", glance, focus)
     assert status["status"] == "trained"
-    val = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    val = evaluator.state.metrics
     assert 0 <= val["val_mean_dice"] <= 1 and 0 <= val["keep_fraction"] <= 1
     assert val["glance_sensitivity"] in (0.0, 1.0) or 0 < val["glance_sensitivity"] < 1
+
+
+    # evaluate.yaml validates the best checkpoint with the same pieces and finds the same DSC, writing nothing
+    before = sorted(p.name for p in models.iterdir())
+    check = ConfigWorkflow(
+        config_file=[*TRAIN, str(ROOT / "configs/evaluate.yaml")],
+        meta_file=str(ROOT / "configs/metadata.json"),
+        logging_file=str(ROOT / "configs/logging.conf"),
+        workflow_type="infer",
+        run_id="validating",
+        bundle_root=str(ROOT),
+        dataset_dir=str(shared_data),
+        ckpt_dir=str(models),
+        ckpt_path=str(models / "model.pt"),
+        output_dir=str(tmp_path / "eval"),
+        **FAST,
+    )
+    check.initialize()
+    check.run()
+    metrics = check.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert metrics["val_mean_dice"] == pytest.approx(evaluator.state.best_metric, abs=1e-6)
+    assert sorted(p.name for p in models.iterdir()) == before
 
 
 def test_resume_restores_iteration_optimisers_schedules_and_old_glance(shared_data, tmp_path):
