@@ -10,7 +10,7 @@ from monai.data import load_decathlon_datalist
 from bundle.validation import InvalidScanError, check_dicom_series, is_dicom_file
 from bundle.writers import case_id_of
 
-__all__ = ["list_inputs", "IMAGE_SUFFIXES"]
+__all__ = ["list_inputs", "training_items", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -70,3 +70,24 @@ def list_inputs(
     if len(set(ids)) != len(ids):
         raise InvalidScanError(f"{path}: two scans share a case id ({sorted(i for i in ids if ids.count(i) > 1)}).")
     return items
+
+
+def training_items(
+    datalist: str | os.PathLike, dataset_dir: str | os.PathLike, lesion_free_repeat: int = 10
+) -> list[dict]:
+    """The ``training`` items, plus the optional ``training_lesion_free`` items repeated ``lesion_free_repeat`` times.
+
+    Lesion-free items carry no label (``bundle.transforms.EnsureLabeld`` gives them a zero one). Repeating them
+    follows the paper's code, which lists its healthy scans 10 times.
+    """
+    lesion = load_decathlon_datalist(str(datalist), True, "training", str(dataset_dir))
+    try:
+        free = load_decathlon_datalist(str(datalist), True, "training_lesion_free", str(dataset_dir))
+    except ValueError:  # the datalist has no lesion-free list
+        free = []
+    for item in free:
+        if "label" in item:
+            raise ValueError(
+                f"{datalist}: training_lesion_free item {item['image']} has a label; lesion-free means none."
+            )
+    return lesion + [dict(item) for _ in range(lesion_free_repeat) for item in free]

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from bundle.validation import InvalidScanError, check_ct_volume
 
-__all__ = ["ValidateCTd", "SelectRegiond", "RegionWindowd", "StampTimed", "HU_WINDOWS", "region_window"]
+__all__ = ["ValidateCTd", "SelectRegiond", "RegionWindowd", "StampTimed", "EnsureLabeld", "HU_WINDOWS", "region_window"]
 
 HU_WINDOWS: dict[str, tuple[float, float]] = {"chest": (-900.0, 650.0), "abdomen": (-175.0, 250.0)}
 """HU windows by body region; every region other than chest uses the abdomen window (method.md 1.3)."""
@@ -141,4 +141,23 @@ class StampTimed(Transform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         d[self.key] = time.perf_counter()
+        return d
+
+
+class EnsureLabeld(MapTransform):
+    """Give a lesion-free training scan (no label file) an all-zero label on the image's grid.
+
+    Lesion-free scans teach Glance to discard healthy windows; with a zero label, ``RandCropByPosNegLabeld`` takes
+    background crops only and every later transform treats them like any other item.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str = "image") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.keys:
+            if key not in d:
+                d[key] = torch.zeros_like(d[self.image_key], dtype=torch.uint8)
         return d

@@ -71,7 +71,6 @@ def test_a_few_iterations_write_checkpoints_and_train_both_networks(shared_data,
     assert 0 <= val["val_mean_dice"] <= 1 and 0 <= val["keep_fraction"] <= 1
     assert val["glance_sensitivity"] in (0.0, 1.0) or 0 < val["glance_sensitivity"] < 1
 
-
     # evaluate.yaml validates the best checkpoint with the same pieces and finds the same DSC, writing nothing
     before = sorted(p.name for p in models.iterdir())
     check = ConfigWorkflow(
@@ -122,3 +121,28 @@ def test_invalid_trainer_settings_are_rejected(shared_data, tmp_path, bad):
     wf = _workflow(tmp_path, shared_data, **bad)
     with pytest.raises(Exception, match="sync_interval"):
         wf.parser.get_parsed_content("train#trainer")
+
+
+def test_lesion_free_scans_are_repeated_and_cropped_with_zero_labels(shared_data, tmp_path):
+    """A `training_lesion_free` scan (real CT, no label) enters training lesion_free_repeat times, labelled all zero."""
+    import json
+
+    lesion = {
+        "image": "mirp_sts_sarcoma_ct/STS_002/nifti/image/image.nii.gz",
+        "label": "mirp_sts_sarcoma_ct/STS_002/nifti/mask/mask.nii.gz",
+    }
+    free = {"image": "totalsegmentator_example/example_ct.nii.gz", "region": "abdomen"}
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [lesion], "training_lesion_free": [free], "validation": [lesion]}))
+    wf = _workflow(tmp_path, shared_data, datalist=str(datalist), lesion_free_repeat=3)
+    items = wf.parser.get_parsed_content("train#data")
+    assert len(items) == 1 + 3 and sum("label" not in it for it in items) == 3
+    crops = wf.parser.get_parsed_content("train#preprocessing")(items[-1])
+    assert len(crops) == 2  # windows_per_scan of the small configuration
+    for crop in crops:
+        assert crop["image"].shape[1:] == crop["label"].shape[1:] == (64, 64, 32)
+        assert not crop["label"].any()
+    datalist.write_text(json.dumps({"training": [lesion], "training_lesion_free": [lesion], "validation": [lesion]}))
+    with pytest.raises(RuntimeError) as error:  # the config parser wraps the ValueError of bundle.data
+        _workflow(tmp_path, shared_data, datalist=str(datalist)).parser.get_parsed_content("train#data")
+    assert "has a label" in str(error.value.__cause__)
