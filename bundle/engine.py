@@ -22,7 +22,7 @@ from monai.utils.enums import CommonKeys as Keys
 from bundle.grl import grl_loss, hit_reward
 from bundle.inferer import GlanceFocusInferer
 
-__all__ = ["GRLTrainer", "GlanceWindowMetrics", "LOGGED_TERMS", "unwrap"]
+__all__ = ["GRLTrainer", "GlanceWindowMetrics", "LOGGED_TERMS", "logged_terms", "unwrap"]
 
 LOGGED_TERMS = (
     "loss",
@@ -38,7 +38,13 @@ LOGGED_TERMS = (
     "mean_ratio",
     "frac_clipped",
 )
-"""The per-iteration terms logged to TensorBoard (they are the keys `bundle.grl.grl_loss` returns)."""
+"""The per-iteration terms logged to the console, TensorBoard and MLflow (the keys `bundle.grl.grl_loss` returns)."""
+
+
+def logged_terms(output: dict | list[dict]) -> dict[str, float]:
+    """The logged terms of one iteration's output, decollated (a list of per-window dicts) or not."""
+    first = output[0] if isinstance(output, list) else output
+    return {k: float(first[k]) for k in LOGGED_TERMS}
 
 
 def unwrap(net: torch.nn.Module) -> torch.nn.Module:

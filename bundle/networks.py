@@ -15,7 +15,10 @@ class GlanceNet(ResNet):
 
     MONAI's ``ResNet`` ends in global average pooling; the paper pools with global *max* so that a small lesion
     anywhere in the window can dominate the decision, hence ``pooling="max"`` by default. With the defaults this is
-    MONAI's ``resnet18`` (33 M parameters).
+    MONAI's ``resnet18`` (33 M parameters). ``norm`` is any MONAI norm spec: batch norm as in the paper (groups of 16
+    windows on a GPU); the CPU-size variant uses group norm, because with 2-4 windows per step the batch statistics
+    normalise the lesion signal away (a step of lesion windows only) and eval-mode running statistics drift from
+    the training ones.
     """
 
     def __init__(
@@ -26,6 +29,7 @@ class GlanceNet(ResNet):
         pooling: str = "max",
         in_channels: int = 1,
         num_classes: int = 2,
+        norm: str | tuple = "batch",
     ) -> None:
         super().__init__(
             block="basic",
@@ -35,6 +39,7 @@ class GlanceNet(ResNet):
             n_input_channels=in_channels,
             conv1_t_stride=conv1_t_stride,
             num_classes=num_classes,
+            norm=norm,
         )
         if pooling == "max":
             self.avgpool = torch.nn.AdaptiveMaxPool3d(1)

@@ -46,7 +46,7 @@ def test_a_few_iterations_write_checkpoints_and_train_both_networks(shared_data,
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED,
         lambda e: terms.append(
-            {k: float(e.state.output[k]) for k in ("loss", "seg", "ce", "clip", "kl", "mean_ratio")}
+            {k: float(e.state.output[0][k]) for k in ("loss", "seg", "ce", "clip", "kl", "mean_ratio")}
         ),
     )
     wf.run()
@@ -146,3 +146,36 @@ def test_lesion_free_scans_are_repeated_and_cropped_with_zero_labels(shared_data
     with pytest.raises(RuntimeError) as error:  # the config parser wraps the ValueError of bundle.data
         _workflow(tmp_path, shared_data, datalist=str(datalist)).parser.get_parsed_content("train#data")
     assert "has a label" in str(error.value.__cause__)
+
+
+def test_mlflow_tracking_records_losses_and_validation_metrics(shared_data, tmp_path):
+    """MONAI's `--tracking mlflow` option patches MLflow handlers into the trainer and the validator of train.yaml."""
+    mlflow = pytest.importorskip("mlflow")  # the test extra installs it
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    wf = ConfigWorkflow(
+        config_file=TRAIN,
+        meta_file=str(ROOT / "configs/metadata.json"),
+        logging_file=str(ROOT / "configs/logging.conf"),
+        workflow_type="train",
+        run_id="training",
+        tracking="mlflow",
+        tracking_uri=uri,
+        experiment_name="gf_screen_test",
+        bundle_root=str(ROOT),
+        dataset_dir=str(shared_data),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        max_epochs=1,
+        val_interval=1,
+        **FAST,
+    )
+    wf.initialize()
+    wf.run()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("gf_screen_test")
+    runs = client.search_runs([experiment.experiment_id])
+    history = {m: client.get_metric_history(r.info.run_id, m) for r in runs for m in r.data.metrics}
+    iterations = wf.parser.get_parsed_content("train#trainer").state.iteration
+    assert len(history["train_loss"]) == iterations == 2
+    assert all(math.isfinite(m.value) for m in history["train_loss"])
+    assert 0 <= history["val_mean_dice"][-1].value <= 1 and "keep_fraction" in history
