@@ -30,6 +30,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 from scipy.spatial.transform import Rotation
 
+from bundle.transforms import RegionWindowd
 from bundle.writers import atomic_write_json, atomic_write_nifti
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "lesion_signed_distance",
     "feret_diameter_mm",
     "make_synthetic_set",
+    "insert_before_window",
 ]
 
 logger = logging.getLogger("gf_screen.synthesis")
@@ -457,6 +459,11 @@ class RandSynthLesiond(RandomizableTransform, MapTransform):
             affine = image.affine.numpy() if isinstance(image, MetaTensor) else np.eye(4)
             hu = image[0].detach().cpu().numpy()
             organ = d.get(self.organ_key) if self.organ_key else None
+            if isinstance(organ, (str, os.PathLike)):
+                raise ValueError(
+                    f"{self.organ_key!r} is the path {organ}; load it with the image (LoadImaged, Orientationd, "
+                    "Spacingd with nearest) before RandSynthLesiond"
+                )
             organ_map = None if organ is None else np.asarray(organ)[0]
             hosts = host_masks(hu, affine, organ_map)
             phase = contrast_phase(hu, organ_map) if self.phase == "auto" else self.phase
@@ -482,6 +489,14 @@ class RandSynthLesiond(RandomizableTransform, MapTransform):
                 d["synth_lesion_type"], d["synth_organ"] = info["lesion_type"], info["organ"]
         d[label_key] = label
         return d
+
+
+def insert_before_window(transforms: Sequence[object], synthesis: object) -> list[object]:
+    """``transforms`` with ``synthesis`` just before the intensity window, where the image is still in HU."""
+    for index, transform in enumerate(transforms):
+        if isinstance(transform, RegionWindowd):
+            return [*transforms[:index], synthesis, *transforms[index:]]
+    raise ValueError("no RegionWindowd among the transforms: lesion synthesis needs the HU image before windowing")
 
 
 def _like(reference: torch.Tensor, array: torch.Tensor) -> torch.Tensor:
