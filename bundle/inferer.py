@@ -187,24 +187,31 @@ class GlanceFocusInferer(Inferer):
             out = MetaTensor(out, affine=inputs.affine, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return out
 
-    def infer_one(self, image: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, GlanceFocusStats]:
-        """Glance then Focus on one volume (1, C, *spatial): the two stages the Deploy app also runs separately."""
+    def pad(self, image: torch.Tensor) -> tuple[torch.Tensor, Tiling]:
+        """Tile a volume (1, C, *spatial) and pad it to the tiling's size: the input of ``glance_scores``."""
         image = image.as_tensor() if isinstance(image, MetaTensor) else image
-        spatial = image.shape[2:]
-        tiling = self.tile(spatial)
+        tiling = self.tile(image.shape[2:])
         if any(tiling.pad):
             image = F.pad(image, tiling.pad, mode="constant", value=0.0)
+        return image, tiling
 
-        t0 = time.perf_counter()
+    def crop(self, prob: torch.Tensor, tiling: Tiling, spatial_shape: Sequence[int]) -> torch.Tensor:
+        """Undo ``pad`` on the blended probabilities: back to the volume's own spatial shape."""
+        if not any(tiling.pad):
+            return prob
+        nd = len(spatial_shape)
+        starts = [tiling.pad[2 * (nd - 1 - d)] for d in range(nd)]
+        return prob[(slice(None), slice(None), *[slice(b, b + int(s)) for b, s in zip(starts, spatial_shape)])]
+
+    def select(self, image: torch.Tensor, tiling: Tiling) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Glance stage: each window's score (all ones in dense mode: Glance does not run) and the keep mask."""
         scores = self.glance_scores(image, tiling) if self.threshold is not None else torch.ones(len(tiling.slices))
-        keep = self.keep_mask(scores)
-        t1 = time.perf_counter()
-        prob = self.focus_blend(image, tiling, keep, network)
-        t2 = time.perf_counter()
+        return scores, self.keep_mask(scores)
 
-        if any(tiling.pad):
-            crop = [slice(tiling.pad[2 * (len(spatial) - 1 - d)], None) for d in range(len(spatial))]
-            prob = prob[(slice(None), slice(None), *[slice(c.start, c.start + s) for c, s in zip(crop, spatial)])]
+    def record(
+        self, tiling: Tiling, scores: torch.Tensor, keep: torch.Tensor, glance_seconds: float, focus_seconds: float
+    ) -> GlanceFocusStats:
+        """Set ``last_tiling``, ``last_scores`` and ``last_stats`` (what the findings report) for one volume."""
         self.last_tiling, self.last_scores = tiling, scores
         n_kept = int(keep.sum())
         stats = GlanceFocusStats(
@@ -213,9 +220,10 @@ class GlanceFocusInferer(Inferer):
             keep_fraction=n_kept / len(tiling.slices),
             threshold=self.threshold,
             glance_max_p=float(scores.max()) if self.threshold is not None and len(scores) else None,
-            glance_seconds=t1 - t0,
-            focus_seconds=t2 - t1,
+            glance_seconds=glance_seconds,
+            focus_seconds=focus_seconds,
         )
+        self.last_stats = stats
         logger.info(
             "Glance kept %d of %d windows (%.1f%%); Glance %.2f s, Focus %.2f s",
             n_kept,
@@ -224,4 +232,15 @@ class GlanceFocusInferer(Inferer):
             stats.glance_seconds,
             stats.focus_seconds,
         )
-        return prob, stats
+        return stats
+
+    def infer_one(self, image: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, GlanceFocusStats]:
+        """Glance then Focus on one volume (1, C, *spatial): the stages the Deploy app runs as separate operators."""
+        spatial = image.shape[2:]
+        image, tiling = self.pad(image)
+        t0 = time.perf_counter()
+        scores, keep = self.select(image, tiling)
+        t1 = time.perf_counter()
+        prob = self.focus_blend(image, tiling, keep, network)
+        t2 = time.perf_counter()
+        return self.crop(prob, tiling, spatial), self.record(tiling, scores, keep, t1 - t0, t2 - t1)

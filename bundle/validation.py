@@ -9,7 +9,14 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-__all__ = ["InvalidScanError", "check_dicom_series", "check_ct_volume", "is_dicom_file"]
+__all__ = [
+    "InvalidScanError",
+    "check_complete",
+    "check_dicom_series",
+    "check_series_headers",
+    "check_ct_volume",
+    "is_dicom_file",
+]
 
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
@@ -28,7 +35,7 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _check_complete(header: pydicom.Dataset, path: Path) -> None:
+def check_complete(header: pydicom.Dataset, path: Path) -> None:
     """Reject a truncated file: pydicom returns what it could read of a cut header, ITK silently skips cut pixels."""
     image_tags = ("Rows", "Columns", "BitsAllocated")
     if "SeriesInstanceUID" not in header or (
@@ -64,7 +71,14 @@ def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> d
             headers.append(pydicom.dcmread(path, stop_before_pixels=True))
         except (InvalidDicomError, OSError, ValueError, EOFError) as e:
             raise InvalidScanError(f"{path}: unreadable DICOM file ({e}).") from e
-        _check_complete(headers[-1], path)
+        check_complete(headers[-1], path)
+    return check_series_headers(headers, files, folder, spacing_tolerance)
+
+
+def check_series_headers(
+    headers: Sequence[pydicom.Dataset], files: Sequence[Path], folder: str | Path, spacing_tolerance: float = 0.05
+) -> dict:
+    """The series checks of ``check_dicom_series`` on headers already read (the Deploy app reads them itself)."""
     series = {str(getattr(h, "SeriesInstanceUID", "")) for h in headers}
     if len(series) != 1:
         raise InvalidScanError(f"{folder}: {len(series)} DICOM series in one folder; give one series per folder.")

@@ -1,0 +1,1 @@
+"""GF-Screen MONAI Deploy application (see app/app.py)."""

@@ -1,0 +1,210 @@
+"""DICOM outputs built with highdicom: a Segmentation with one segment per lesion, and a TID 1500 measurement report.
+
+Why one segment per lesion (docs/deploy.md has the longer argument): each SR measurement group can then reference
+exactly its lesion's segment, viewers (OHIF, 3D Slicer, most PACS SEG plug-ins) list segments by label so a reader
+can show, hide and jump to "Lesion 2", and the segment numbers equal the lesion numbers of the findings JSON.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from highdicom.sr import CodedConcept
+from pydicom.sr.codedict import codes
+from scipy import ndimage
+
+from bundle.findings import RAS_TO_LPS, label_lesions
+
+__all__ = [
+    "SCHEME",
+    "SUSPICION_SCORE",
+    "LESION_COUNT",
+    "MAX_PROBABILITY",
+    "REGION_CODES",
+    "lesion_label_map",
+    "frames_of",
+    "build_seg",
+    "build_sr",
+    "not_for_clinical_use",
+]
+
+SCHEME = "99GFSCREEN"
+"""Private coding scheme (DICOM PS3.16 8.2: designators starting with 99 are local) for what SNOMED/LOINC lack."""
+
+SUSPICION_SCORE = CodedConcept("GFS001", SCHEME, "Scan suspicion score (maximum lesion probability)")
+LESION_COUNT = CodedConcept("GFS002", SCHEME, "Number of lesions detected")
+MAX_PROBABILITY = CodedConcept("GFS003", SCHEME, "Maximum lesion probability")
+MEAN_PROBABILITY = CodedConcept("GFS004", SCHEME, "Mean lesion probability")
+FINDING_ABSENT = CodedConcept("373572006", "SCT", "Clinical finding absent")
+FINDING_PRESENT = CodedConcept("373573001", "SCT", "Clinical finding present")
+
+REGION_CODES = {"chest": codes.SCT.Thorax, "abdomen": codes.SCT.Abdomen}
+
+MANUFACTURER = "GF-Screen"
+MODEL_NAME = "GF-Screen MONAI Deploy app"
+
+
+def not_for_clinical_use(findings: dict) -> str:
+    """Series description: research use, and untrained weights said loudly."""
+    untrained = findings.get("weights", {}).get("status") == "untrained"
+    return (
+        "GF-Screen AI lesions, UNTRAINED weights, not results"
+        if untrained
+        else "GF-Screen AI lesions, not for clinical use"
+    )
+
+
+def lesion_label_map(mask: np.ndarray, affine: np.ndarray, lesions: list[dict]) -> np.ndarray:
+    """Label each connected component of ``mask`` with its lesion number from the findings.
+
+    ``bundle.findings.lesion_findings`` numbers lesions by probability and size; the component a number belongs to is
+    found by recomputing each component's voxel count and centroid exactly as the findings do.
+    """
+    labels, n = label_lesions(mask)
+    out = np.zeros(mask.shape, dtype=np.uint16)
+    by_key = {(les["voxels"], tuple(les["centroid_mm"])): les["number"] for les in lesions}
+    if n != len(lesions):
+        raise ValueError(f"the mask has {n} lesions but the findings list {len(lesions)}.")
+    for i, obj in enumerate(ndimage.find_objects(labels), start=1):
+        comp = labels[obj] == i
+        idx = np.argwhere(comp).mean(axis=0) + [s.start for s in obj]
+        centroid = tuple(round(float(v), 2) for v in RAS_TO_LPS @ (affine[:3, :3] @ idx + affine[:3, 3]))
+        number = by_key.get((int(comp.sum()), centroid))
+        if number is None:
+            raise ValueError(f"component {i} of the mask matches no lesion of the findings.")
+        out[obj][comp] = number
+    return out
+
+
+def frames_of(volume: np.ndarray) -> np.ndarray:
+    """(x, y, slice) on the DICOM grid to (slice, row, column): frame k is source slice k."""
+    return np.ascontiguousarray(np.transpose(volume, (2, 1, 0)))
+
+
+def _algorithm(findings: dict, version: str) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name="GF-Screen Glance-Focus",
+        version=version,
+        family=codes.DCM.ArtificialIntelligence,
+        parameters={"weights": str(findings.get("weights", {}).get("status", "unknown"))},
+    )
+
+
+def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) -> hd.seg.Segmentation:
+    """BINARY Segmentation of the source series: segment n is lesion n, SNOMED "Lesion" in its body region.
+
+    ``labels`` is the lesion label map (x, y, slice) on the source grid; empty frames are omitted (each kept frame
+    references its source slice).
+    """
+    region = REGION_CODES.get(findings.get("region", ""), None)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=les["number"],
+            segment_label=f"Lesion {les['number']}",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=_algorithm(findings, version),
+            tracking_uid=hd.UID(),
+            tracking_id=f"Lesion {les['number']}",
+            anatomic_regions=[region] if region is not None else None,
+        )
+        for les in sorted(findings["lesions"], key=lambda les: les["number"])
+    ]
+    return hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=frames_of(labels),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=9001,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=version,
+        device_serial_number="0",
+        series_description=not_for_clinical_use(findings),
+        omit_empty_frames=True,
+    )
+
+
+def _num(name: CodedConcept, value: float, unit) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit)
+
+
+def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, version: str) -> hd.sr.Comprehensive3DSR:
+    """TID 1500 Measurement Report: per lesion its volume and longest axial diameter, referencing its segment.
+
+    A scan-level group (TID 1501) always holds the suspicion score, the lesion count and whether a lesion was found,
+    so "nothing found" is stated, not implied by an empty report.
+    """
+    region = REGION_CODES.get(findings.get("region", ""), None)
+    algorithm = hd.sr.AlgorithmIdentification(name="GF-Screen Glance-Focus", version=version)
+    found = findings["lesion_count"] > 0
+    groups: list = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Scan"),
+            algorithm_id=algorithm,
+            measurements=[
+                _num(SUSPICION_SCORE, findings["suspicion_score"], codes.UCUM.NoUnits),
+                _num(LESION_COUNT, findings["lesion_count"], codes.UCUM.NoUnits),
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=FINDING_PRESENT if found else FINDING_ABSENT)
+            ],
+        )
+    ]
+    if seg is not None:
+        tracking = {d.SegmentNumber: d for d in seg.SegmentSequence}
+        series_uid = datasets[0].SeriesInstanceUID
+        for les in sorted(findings["lesions"], key=lambda les: les["number"]):
+            segment = tracking[les["number"]]
+            groups.append(
+                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=segment.TrackingUID, identifier=f"Lesion {les['number']}"
+                    ),
+                    referenced_segment=hd.sr.ReferencedSegment(
+                        sop_class_uid=seg.SOPClassUID,
+                        sop_instance_uid=seg.SOPInstanceUID,
+                        segment_number=les["number"],
+                        source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+                    ),
+                    finding_type=codes.SCT.Lesion,
+                    finding_sites=[hd.sr.FindingSite(region)] if region is not None else None,
+                    algorithm_id=algorithm,
+                    measurements=[
+                        _num(codes.SCT.Volume, les["volume_mm3"], codes.UCUM.CubicMillimeter),
+                        _num(codes.SCT.LongAxis, les["longest_axial_diameter_mm"], codes.UCUM.Millimeter),
+                        _num(MAX_PROBABILITY, les["max_probability"], codes.UCUM.NoUnits),
+                        _num(MEAN_PROBABILITY, les["mean_probability"], codes.UCUM.NoUnits),
+                    ],
+                )
+            )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=hd.sr.ObserverContext(
+                observer_type=codes.DCM.Device,
+                observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                    uid=hd.UID(), name=MODEL_NAME, manufacturer_name=MANUFACTURER, model_name=version
+                ),
+            )
+        ),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
+    evidence = list(datasets) + ([seg] if seg is not None else [])
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=9002,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description=not_for_clinical_use(findings),
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+    )

@@ -1,0 +1,157 @@
+"""The bundle behind the app: configs, networks, weights, preprocessing and postprocessing from the model path.
+
+The model path (``-m`` / ``HOLOSCAN_MODEL_PATH``) is a bundle folder: ``configs/inference.yaml`` and
+``models/model.pt``. An optional ``configs/app_configs.json`` lists the configs to merge, in order (for the CPU-size
+weights: ``["inference.yaml", "small.yaml"]``); without it the app reads ``inference.yaml`` alone. Everything is
+parsed with MONAI's ``ConfigParser``, so the app runs the bundle's own objects, not copies of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, LoadImaged
+from monai.utils import set_determinism
+
+from bundle.checkpoint import WeightsError
+from bundle.inferer import GlanceFocusInferer
+from bundle.transforms import ValidateCTd
+
+__all__ = [
+    "ALLOW_UNTRAINED_ENV",
+    "BundleModel",
+    "ModelPathError",
+    "WeightsError",
+    "allow_untrained_from_env",
+    "load_bundle",
+]
+
+logger = logging.getLogger("gf_screen.app.model")
+
+ALLOW_UNTRAINED_ENV = "GF_SCREEN_ALLOW_UNTRAINED"
+"""Set to 1 to run without ``models/model.pt`` (random weights, every output labelled untrained): tests and demos."""
+
+CONFIG_LIST = "app_configs.json"
+
+
+class ModelPathError(ValueError):
+    """The model path is not a usable bundle folder."""
+
+
+def allow_untrained_from_env() -> bool:
+    """The explicit untrained mode: only the values 1/true/yes switch it on, anything else keeps it off."""
+    return os.environ.get(ALLOW_UNTRAINED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass
+class BundleModel:
+    """The parsed bundle objects the operators share (one instance per app run)."""
+
+    root: Path
+    config_files: list[str]
+    parser: ConfigParser
+    device: torch.device
+    glance: torch.nn.Module
+    focus: torch.nn.Module
+    weights: dict
+    inferer: GlanceFocusInferer
+    preprocessing: Compose
+    preprocessing_loaded: Compose
+    postprocessing: Compose
+    min_extent_mm: float
+    lesion_threshold: float
+    version: str
+
+
+def config_files_of(root: Path) -> list[Path]:
+    """The configs to merge: ``configs/app_configs.json`` if present, else ``configs/inference.yaml``."""
+    configs = root / "configs"
+    listing = configs / CONFIG_LIST
+    if listing.is_file():
+        try:
+            names = json.loads(listing.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ModelPathError(f"{listing}: not valid JSON ({e}).") from e
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ModelPathError(f"{listing}: expected a non-empty JSON list of config file names.")
+    else:
+        names = ["inference.yaml"]
+    files = [configs / n for n in names]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ModelPathError(f"model path {root}: missing bundle config(s) {missing}.")
+    return files
+
+
+def bundle_version(root: Path) -> str:
+    """The bundle's version from ``configs/metadata.json`` (written into the DICOM outputs), or "unknown"."""
+    meta = root / "configs" / "metadata.json"
+    try:
+        return str(json.loads(meta.read_text(encoding="utf-8")).get("version", "unknown"))
+    except (OSError, json.JSONDecodeError):
+        return "unknown"
+
+
+def load_bundle(model_path: str | os.PathLike, allow_untrained: bool | None = None, device: str = "cpu") -> BundleModel:
+    """Parse the bundle at ``model_path`` and load its weights (``weights_only=True``, via ``bundle.checkpoint``).
+
+    Without ``models/model.pt`` this raises ``WeightsError`` unless the untrained mode is on (argument, or
+    ``GF_SCREEN_ALLOW_UNTRAINED=1``).
+    """
+    root = Path(model_path).resolve()
+    if not root.is_dir():
+        raise ModelPathError(f"model path {root} is not a bundle folder (configs/ + models/model.pt).")
+    files = config_files_of(root)
+    if allow_untrained is None:
+        allow_untrained = allow_untrained_from_env()
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser["bundle_root"] = str(root)
+    parser["ckpt_path"] = str(root / "models" / "model.pt")
+    parser["allow_untrained"] = bool(allow_untrained)
+    parser["device"] = f"$torch.device('{device}')"
+    parser["inferer"]["progress"] = False
+    set_determinism(seed=parser.get_parsed_content("seed"))
+    glance = parser.get_parsed_content("glance")
+    focus = parser.get_parsed_content("network")
+    weights = parser.get_parsed_content("weights")
+    glance.eval()
+    focus.eval()
+    preprocessing = parser.get_parsed_content("preprocessing")
+    validators = [t for t in preprocessing.transforms if isinstance(t, ValidateCTd)]
+    model = BundleModel(
+        root=root,
+        config_files=[f.name for f in files],
+        parser=parser,
+        device=parser.get_parsed_content("device"),
+        glance=glance,
+        focus=focus,
+        weights=weights,
+        inferer=parser.get_parsed_content("inferer"),
+        preprocessing=preprocessing,
+        preprocessing_loaded=Compose([t for t in preprocessing.transforms if not isinstance(t, LoadImaged)]),
+        postprocessing=Compose(
+            [
+                t
+                for t in parser.get_parsed_content("postprocessing").transforms
+                if type(t).__name__ != "SaveScanOutputsd"
+            ]
+        ),
+        min_extent_mm=validators[0].min_extent_mm if validators else 30.0,
+        lesion_threshold=float(parser.get_parsed_content("lesion_probability_threshold")),
+        version=bundle_version(root),
+    )
+    logger.info(
+        "Bundle %s (configs %s), weights %s, device %s",
+        root,
+        model.config_files,
+        weights.get("status"),
+        model.device,
+    )
+    return model

@@ -1,0 +1,331 @@
+"""The app's operators: each stage of the screening is one operator that calls the bundle's own code.
+
+Every operator after the loader receives the list of ``Case`` objects on its ``cases`` port, works on the cases that
+have not failed, times itself (per case and in total, into the ``RunReport``) and emits the list. A case that fails
+keeps its reason and is skipped downstream, so one bad series never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+from monai.data import MetaTensor
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
+from pydicom.errors import InvalidDicomError
+
+from app.cases import Case, RunReport
+from app.model import BundleModel
+from bundle.data import IMAGE_SUFFIXES
+from bundle.validation import InvalidScanError, check_complete, check_series_headers, is_dicom_file
+from bundle.writers import case_id_of
+
+__all__ = [
+    "StageOperator",
+    "CheckedDICOMLoaderOperator",
+    "CTSeriesSelectorOperator",
+    "SeriesToVolumeOperator",
+    "NiftiCasesOperator",
+    "PreprocessOperator",
+    "GlanceSelectorOperator",
+    "FocusSegmenterOperator",
+    "describe_series",
+    "series_problem",
+]
+
+logger = logging.getLogger("gf_screen.app")
+
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+"""Identifiers every input instance needs: the SEG and SR reference the study, the series and each slice."""
+
+
+class StageOperator(Operator):
+    """Base of the per-case stages: ``cases`` in, ``cases`` out, ``process(case)`` on each healthy case, timed."""
+
+    stage = "stage"
+
+    def __init__(self, fragment: Fragment, *args, report: RunReport, **kwargs) -> None:
+        self.report = report
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("cases")
+        spec.output("cases")
+
+    def compute(self, op_input, op_output, context) -> None:
+        cases = op_input.receive("cases")
+        t0 = time.perf_counter()
+        for case in cases:
+            if not case.ok:
+                continue
+            t = time.perf_counter()
+            try:
+                self.process(case)
+            except Exception as e:  # one case's failure is reported and must not stop the others
+                logger.debug("%s: %s failed", case.case_id, self.stage, exc_info=True)
+                case.fail(self.stage, f"{type(e).__name__}: {e}" if not isinstance(e, InvalidScanError) else str(e))
+            case.timings[self.stage] = round(time.perf_counter() - t, 3)
+        self.report.stage_seconds[self.stage] = round(time.perf_counter() - t0, 3)
+        op_output.emit(cases, "cases")
+
+    def process(self, case: Case) -> None:
+        raise NotImplementedError
+
+
+class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
+    """The SDK's DICOM loader, after dropping files it would choke on (cut, unreadable) with a message for each.
+
+    The SDK loader reads every file of the folder tree; a truncated file would otherwise crash it or give a slice
+    with missing pixels. Dropped slices then show up as a gap in their series, which the selector rejects.
+    """
+
+    def __init__(self, fragment: Fragment, *args, report: RunReport, **kwargs) -> None:
+        self.report = report
+        super().__init__(fragment, *args, must_load=False, **kwargs)
+
+    def compute(self, op_input, op_output, context) -> None:
+        t0 = time.perf_counter()
+        super().compute(op_input, op_output, context)
+        self.report.stage_seconds["load"] = round(time.perf_counter() - t0, 3)
+
+    def _load_data(self, files: list[str]):
+        usable = []
+        for name in sorted(files):
+            path = Path(name)
+            if not is_dicom_file(path):
+                logger.info("Ignored %s: not a DICOM file.", path.name)
+                continue
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+                check_complete(header, path)
+                missing = [t for t in REQUIRED_UIDS if not str(getattr(header, t, "") or "").strip()]
+                if missing:
+                    raise InvalidScanError(f"empty {', '.join(missing)}: outputs could not reference it")
+            except (InvalidDicomError, InvalidScanError, OSError, ValueError, EOFError) as e:
+                logger.warning("Ignored corrupt DICOM file %s: %s", path.name, str(e).replace(str(path), path.name))
+                continue
+            usable.append(name)
+        return super()._load_data(usable)
+
+
+def describe_series(series) -> str:
+    """A series as the log names it: its UID and number (no patient or free-text fields)."""
+    return f"series {series.SeriesInstanceUID} (number {series.SeriesNumber}, {len(series.get_sop_instances())} files)"
+
+
+def series_problem(series, min_extent_mm: float) -> tuple[str | None, dict]:
+    """Why ``series`` cannot be screened (None if it can), and its header facts.
+
+    The rules: CT; not a localizer and not derived (ImageType); one complete, axial, evenly spaced series
+    (``bundle.validation.check_series_headers``, the bundle's own DICOM check); at least ``min_extent_mm`` along the
+    slice axis (the bundle's ``ValidateCTd`` minimum).
+    """
+    instances = series.get_sop_instances()
+    headers = [inst.get_native_sop_instance() for inst in instances]
+    if not headers:
+        return "no image instances", {}
+    modality = str(getattr(headers[0], "Modality", ""))
+    if modality != "CT":
+        return f"modality {modality or 'missing'}, not CT", {}
+    image_types = {str(v).upper() for h in headers for v in (getattr(h, "ImageType", None) or [])}
+    if "LOCALIZER" in image_types:
+        return "a localizer (scout), not a volume", {}
+    if any(str((getattr(h, "ImageType", None) or ["ORIGINAL"])[0]).upper() == "DERIVED" for h in headers):
+        return "a derived series (ImageType DERIVED: reformat, MIP or processed copy)", {}
+    files = [Path(getattr(h, "filename", "") or "instance") for h in headers]
+    try:
+        info = check_series_headers(headers, files, f"series {series.SeriesInstanceUID}")
+    except InvalidScanError as e:
+        return str(e).split(": ", 1)[-1], {}
+    extent = info["n_slices"] * info["slice_spacing_mm"]
+    if extent < min_extent_mm:
+        return (
+            f"too small to screen: {info['n_slices']} slices cover {extent:.1f} mm along the slice axis, "
+            f"at least {min_extent_mm:.0f} mm are needed",
+            info,
+        )
+    return None, info
+
+
+class CTSeriesSelectorOperator(Operator):
+    """Choose, per study, the series to screen: the thinnest complete axial CT series (ties: more slices).
+
+    Rejected series are logged with their reason; a study with none left is recorded in the report. Emits one
+    ``Case`` per study, holding the SDK's study and series objects.
+    """
+
+    def __init__(self, fragment: Fragment, *args, report: RunReport, min_extent_mm: float = 30.0, **kwargs) -> None:
+        self.report = report
+        self.min_extent_mm = min_extent_mm
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("dicom_study_list")
+        spec.output("cases")
+
+    def compute(self, op_input, op_output, context) -> None:
+        t0 = time.perf_counter()
+        studies = op_input.receive("dicom_study_list") or []
+        cases = []
+        if not studies:
+            logger.error("No DICOM study in the input.")
+        for study in studies:
+            candidates = []
+            for series in study.get_all_series():
+                problem, info = series_problem(series, self.min_extent_mm)
+                if problem:
+                    message = f"{describe_series(series)}: {problem}"
+                    self.report.rejected_series.append(message)
+                    logger.warning("Skipped %s", message)
+                else:
+                    candidates.append((info["slice_spacing_mm"], -info["n_slices"], series.SeriesInstanceUID, series))
+            if not candidates:
+                self.report.studies_without_series.append(study.StudyInstanceUID)
+                logger.error("Study %s: no CT series that can be screened.", study.StudyInstanceUID)
+                continue
+            series = min(candidates, key=lambda c: c[:3])[3]
+            logger.info("Study %s: screening %s", study.StudyInstanceUID, describe_series(series))
+            cases.append(Case(case_id=series.SeriesInstanceUID, source="DICOM", study=study, series=series))
+        self.report.cases.extend(cases)
+        self.report.stage_seconds["select"] = round(time.perf_counter() - t0, 3)
+        op_output.emit(cases, "cases")
+
+
+class SeriesToVolumeOperator(StageOperator):
+    """DICOM series to the volume the bundle's ``LoadImaged`` (ITK) would give: (x, y, slice) in HU, RAS affine.
+
+    Sorting and rescaling are the SDK's (``DICOMSeriesToVolumeOperator.prepare_series`` / ``generate_voxel_data``);
+    the affine is built as ITK builds it (origin the first slice, slice step from the first to the last slice), so the
+    volume, and with it the mask, is identical to the bundle run on the same folder (tested).
+    """
+
+    stage = "series_to_volume"
+
+    def __init__(self, fragment: Fragment, *args, report: RunReport, **kwargs) -> None:
+        self.sdk = DICOMSeriesToVolumeOperator(fragment, name="sdk_series_to_volume_helper")
+        super().__init__(fragment, *args, report=report, **kwargs)
+
+    def process(self, case: Case) -> None:
+        series = case.series
+        self.sdk.prepare_series(series)
+        datasets = [inst.get_native_sop_instance() for inst in series.get_sop_instances()]
+        voxels = self.sdk.generate_voxel_data(series)
+        array = np.ascontiguousarray(np.asarray(voxels, dtype=np.float32).transpose(2, 1, 0))
+        first = datasets[0]
+        row, col = (np.asarray(first.ImageOrientationPatient[i : i + 3], dtype=float) for i in (0, 3))
+        p0, pn = (np.asarray(d.ImagePositionPatient, dtype=float) for d in (datasets[0], datasets[-1]))
+        row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+        lps = np.eye(4)
+        lps[:3, 0], lps[:3, 1] = row * col_spacing, col * row_spacing
+        lps[:3, 2] = (pn - p0) / max(len(datasets) - 1, 1)
+        lps[:3, 3] = p0
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+        meta = {
+            "affine": torch.as_tensor(affine, dtype=torch.float64),
+            "original_affine": affine,
+            "spacing": np.sqrt((affine[:3, :3] ** 2).sum(axis=0)),
+            "spatial_shape": np.asarray(array.shape),
+            "space": "RAS",
+            "original_channel_dim": "no_channel",
+            "filename_or_obj": case.case_id,
+        }
+        case.datasets = datasets
+        case.data = {
+            "image": MetaTensor(torch.from_numpy(array), meta=meta),
+            "id": case.case_id,
+            "body_part": str(getattr(first, "BodyPartExamined", "")).upper(),
+        }
+
+
+class NiftiCasesOperator(Operator):
+    """The research input path: one case per NIfTI file (the input file, or each NIfTI file of the input folder)."""
+
+    def __init__(self, fragment: Fragment, *args, input_path: Path, report: RunReport, **kwargs) -> None:
+        self.input_path = Path(input_path)
+        self.report = report
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.output("cases")
+
+    def compute(self, op_input, op_output, context) -> None:
+        path = self.input_path
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if is_nifti(p))
+        cases = [
+            Case(case_id=case_id_of(f), source=str(f), kind="nifti", data={"image": str(f), "id": case_id_of(f)})
+            for f in files
+        ]
+        if not cases:
+            logger.error("No NIfTI scan in %s.", path)
+        self.report.cases.extend(cases)
+        op_output.emit(cases, "cases")
+
+
+def is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(tuple(s for s in IMAGE_SUFFIXES if ".nii" in s))
+
+
+class PreprocessOperator(StageOperator):
+    """The bundle's ``preprocessing`` (``LoadImaged`` only for file input: DICOM arrives as a volume already)."""
+
+    stage = "preprocessing"
+
+    def __init__(self, fragment: Fragment, *args, model: BundleModel, report: RunReport, **kwargs) -> None:
+        self.model = model
+        super().__init__(fragment, *args, report=report, **kwargs)
+
+    def process(self, case: Case) -> None:
+        chain = self.model.preprocessing if case.kind == "nifti" else self.model.preprocessing_loaded
+        case.data = chain(case.data)
+
+
+class GlanceSelectorOperator(StageOperator):
+    """Glance: score every window of the scan, keep those at or above the threshold (``GlanceFocusInferer.select``)."""
+
+    stage = "glance"
+
+    def __init__(self, fragment: Fragment, *args, model: BundleModel, report: RunReport, **kwargs) -> None:
+        self.model = model
+        super().__init__(fragment, *args, report=report, **kwargs)
+
+    def process(self, case: Case) -> None:
+        image = case.data["image"][None].to(self.model.device)
+        case.padded, case.tiling = self.model.inferer.pad(image)
+        case.scores, case.keep = self.model.inferer.select(case.padded, case.tiling)
+        logger.info("%s: Glance kept %d of %d windows", case.case_id, int(case.keep.sum()), len(case.tiling.slices))
+
+
+class FocusSegmenterOperator(StageOperator):
+    """Focus on the kept windows, blended (``GlanceFocusInferer.focus_blend``), then the bundle's postprocessing.
+
+    The postprocessing (``Invertd`` to the scan's own grid and ``LesionFindingsd``) comes from the config, so the
+    mask is on the DICOM grid and the findings are those of the bundle.
+    """
+
+    stage = "focus"
+
+    def __init__(self, fragment: Fragment, *args, model: BundleModel, report: RunReport, **kwargs) -> None:
+        self.model = model
+        super().__init__(fragment, *args, report=report, **kwargs)
+
+    def process(self, case: Case) -> None:
+        inferer, image = self.model.inferer, case.data["image"]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            prob = inferer.focus_blend(case.padded, case.tiling, case.keep, self.model.focus)
+        prob = inferer.crop(prob, case.tiling, image.shape[1:])[0].to(image.device)
+        inferer.record(case.tiling, case.scores, case.keep, case.timings.get("glance", 0.0), time.perf_counter() - t0)
+        case.padded = None
+        data = dict(case.data)
+        data["pred"] = MetaTensor(
+            prob, affine=image.affine, meta=image.meta, applied_operations=image.applied_operations
+        )
+        out = self.model.postprocessing(data)
+        case.mask = out["pred"][0].numpy().astype(np.uint8)
+        case.findings = out["findings"]
+        case.data = {"image_meta": image.meta, "affine": out["pred"].affine.numpy()}
