@@ -120,7 +120,13 @@ def load_bundle(model_path: str | os.PathLike, allow_untrained: bool | None = No
     set_determinism(seed=parser.get_parsed_content("seed"))
     glance = parser.get_parsed_content("glance")
     focus = parser.get_parsed_content("network")
-    weights = parser.get_parsed_content("weights")
+    try:
+        weights = parser.get_parsed_content("weights")
+    except Exception as e:  # ConfigParser wraps the error of the expression it evaluates
+        cause = e
+        while cause is not None and not isinstance(cause, WeightsError):
+            cause = cause.__cause__ or cause.__context__
+        raise (cause or e) from None
     glance.eval()
     focus.eval()
     preprocessing = parser.get_parsed_content("preprocessing")

@@ -106,6 +106,8 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
                 missing = [t for t in REQUIRED_UIDS if not str(getattr(header, t, "") or "").strip()]
                 if missing:
                     raise InvalidScanError(f"empty {', '.join(missing)}: outputs could not reference it")
+                if getattr(header, "SeriesNumber", None) is None:
+                    raise InvalidScanError("no SeriesNumber (the SDK's loader drops such instances)")
             except (InvalidDicomError, InvalidScanError, OSError, ValueError, EOFError) as e:
                 logger.warning("Ignored corrupt DICOM file %s: %s", path.name, str(e).replace(str(path), path.name))
                 continue

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,6 +42,12 @@ class _Writer(StageOperator):
         self.output = Path(output)
         self.version = version
         super().__init__(fragment, *args, report=report, **kwargs)
+
+    def compute(self, op_input, op_output, context) -> None:
+        """As every stage, with pydicom's person-name warning silenced: it quotes the PatientName into the log."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*intended person name.*")
+            super().compute(op_input, op_output, context)
 
 
 class SegWriterOperator(_Writer):

@@ -1,0 +1,225 @@
+"""The app on bad, empty and other inputs: clear messages, documented exit statuses, no partial output.
+
+Bad series are real DICOM copied into tmp and modified there. The model is the small config with Glance threshold 1
+(Glance scores every window, Focus runs on none), which keeps these runs short and is also the "nothing found" case.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from app.cases import ExitStatus
+from app.dicom_outputs import LESION_COUNT, SUSPICION_SCORE
+from tests.test_app import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    TEST_OVERRIDES,
+    copy_series,
+    dciodvfy_errors,
+    make_bundle,
+    output_of,
+    run_app,
+    scan_values,
+)
+
+LIDC = "lidc_idri_0314_nodule/dicom"
+
+
+def lidc_files(shared_data: Path) -> list[Path]:
+    return sorted((shared_data / LIDC).iterdir())
+
+
+@pytest.fixture(scope="module")
+def quiet_model(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle_quiet") / "gf", {"glance_threshold": 1.0})
+
+
+def leftovers(out: Path) -> list[str]:
+    return [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory, shared_data, quiet_model):
+    """One input holding a valid series (study A) and one bad series per kind of fault (each its own study)."""
+    inp = tmp_path_factory.mktemp("mixed")
+    files = lidc_files(shared_data)
+    copy_series(shared_data / LIDC, inp / "valid")
+    copy_series(shared_data / LIDC, inp / "missing_slice", files=files[:20] + files[21:], new_uids=True)
+
+    def shift(ds, i):
+        if i == 30:
+            ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + 0.6
+
+    copy_series(shared_data / LIDC, inp / "uneven", edit=shift, new_uids=True)
+
+    def coronal(ds, i):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.ImagePositionPatient = [0.0, float(i), 0.0]
+
+    copy_series(shared_data / LIDC, inp / "coronal", edit=coronal, new_uids=True)
+    copy_series(shared_data / LIDC, inp / "small", files=files[:10], new_uids=True)
+
+    def mr(ds, i):
+        ds.Modality = "MR"
+
+    copy_series(shared_data / LIDC, inp / "not_ct", files=files[:40], edit=mr, new_uids=True)
+    corrupt = copy_series(shared_data / LIDC, inp / "corrupt", new_uids=True)
+    victim = sorted(corrupt.iterdir())[24]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    (corrupt / "junk.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x13\x37" * 500)
+    (inp / "notes.txt").write_text("not DICOM")
+    out = tmp_path_factory.mktemp("out_mixed")
+    return run_app(inp, out, quiet_model), out, inp
+
+
+def test_bad_series_are_named_and_the_valid_one_is_screened(mixed_run):
+    proc, out, inp = mixed_run
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == ExitStatus.PARTIAL, logs[-3000:]
+    for reason in (
+        "uneven slice spacing or missing slices",  # missing slice, uneven spacing, and the dropped corrupt file
+        "not an axial series",
+        "too small to screen",
+        "modality MR, not CT",
+        "Ignored corrupt DICOM file",
+        "no CT series that can be screened",
+    ):
+        assert reason in logs, reason
+    assert logs.count("uneven slice spacing or missing slices") >= 3
+    assert leftovers(out) == []  # no staging folder of a failed case survives
+    folder = output_of(out)  # only the valid series has outputs
+    assert folder.name == pydicom.dcmread(next((inp / "valid").iterdir())).SeriesInstanceUID
+
+
+def test_nothing_found_is_stated_in_json_and_sr_without_seg(mixed_run):
+    """Glance keeps no window: no lesion. No SEG is written (a SEG needs a segment); JSON and SR say so."""
+    proc, out, _ = mixed_run
+    folder = output_of(out)
+    assert not (folder / "seg.dcm").exists()
+    findings = json.loads(next(folder.glob("*_findings.json")).read_text())
+    assert findings["lesion_count"] == 0 and findings["lesions"] == [] and findings["outputs"]["seg"] is None
+    assert findings["glance_focus"]["windows_kept"] == 0 and findings["glance_focus"]["glance_max_p"] is not None
+    sr = hd.sr.srread(folder / "sr.dcm")
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    values = scan_values(sr)
+    assert values[LESION_COUNT.value] == 0 and values[SUSPICION_SCORE.value] == pytest.approx(
+        findings["suspicion_score"]
+    )
+    finding = [i for i in sr.ContentSequence[-1].ContentSequence[0].ContentSequence if i.ValueType == "CODE"][
+        0
+    ].ConceptCodeSequence[0]
+    assert finding.CodeMeaning == "Clinical finding absent"
+    assert (sr.PatientName, sr.PatientID) == (PATIENT_NAME, PATIENT_ID)
+    assert dciodvfy_errors(folder / "sr.dcm") == []
+    assert PATIENT_ID not in proc.stdout + proc.stderr
+
+
+def test_only_bad_series_exit_3_and_write_nothing(tmp_path, shared_data, quiet_model):
+    files = lidc_files(shared_data)
+    copy_series(shared_data / LIDC, tmp_path / "in" / "small", files=files[:10])
+    out = tmp_path / "out"
+    proc = run_app(tmp_path / "in", out, quiet_model)
+    assert proc.returncode == ExitStatus.NO_SCREENABLE_SERIES
+    assert "too small to screen" in proc.stderr + proc.stdout
+    assert list(out.iterdir()) == []
+
+
+def test_folder_without_dicom_exit_3(tmp_path, quiet_model):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "readme.txt").write_text("nothing here")
+    proc = run_app(tmp_path / "in", tmp_path / "out", quiet_model)
+    assert proc.returncode == ExitStatus.NO_SCREENABLE_SERIES
+    assert "No DICOM study in the input" in proc.stdout + proc.stderr
+
+
+def test_no_weights_refused_unless_untrained_mode(tmp_path, shared_data):
+    model = make_bundle(tmp_path / "gf", {"glance_threshold": 1.0}, weights=False)
+    inp = copy_series(shared_data / LIDC, tmp_path / "in")
+    proc = run_app(inp, tmp_path / "out", model)
+    assert proc.returncode == ExitStatus.WEIGHTS
+    assert "no weights at" in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    proc = run_app(inp, tmp_path / "out", model, untrained=True, env_paths=True)  # HOLOSCAN_* paths this time
+    assert proc.returncode == ExitStatus.OK, proc.stderr[-2000:]
+    findings = json.loads(next(output_of(tmp_path / "out").glob("*_findings.json")).read_text())
+    assert findings["weights"]["status"] == "untrained"
+    assert pydicom.dcmread(output_of(tmp_path / "out") / "sr.dcm").SeriesDescription.startswith(
+        "GF-Screen AI lesions, UNTRAINED"
+    )
+
+
+def test_series_without_uids_is_rejected_and_compressed_series_screens(tmp_path, shared_data, tmp_path_factory):
+    """The 20-slice JPEG 2000 series ships with empty UIDs: as is, a clear refusal; with UIDs, SEG + SR."""
+    src = shared_data / "totalsegmentator_example/example_ct_dicom"
+    raw = tmp_path / "raw"
+    shutil.copytree(src, raw)
+    model = make_bundle(tmp_path / "gf", TEST_OVERRIDES)
+    proc = run_app(raw, tmp_path / "out_raw", model)
+    assert proc.returncode == ExitStatus.NO_SCREENABLE_SERIES
+    assert "empty SOPClassUID, SOPInstanceUID, StudyInstanceUID" in proc.stdout + proc.stderr
+
+    def uids(ds, i):
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+        ds.FrameOfReferenceUID = ds.get("FrameOfReferenceUID") or "1.2.826.0.1.3680043.8.498.1"
+        ds.SeriesNumber = 3
+
+    fixed = copy_series(src, tmp_path / "fixed", files=sorted(src.iterdir()), edit=uids, new_uids=True)
+    assert pydicom.dcmread(next(fixed.iterdir())).file_meta.TransferSyntaxUID.is_compressed
+    out = tmp_path / "out"
+    proc = run_app(fixed, out, model)
+    assert proc.returncode == ExitStatus.OK, proc.stderr[-3000:]
+    folder = output_of(out)
+    findings = json.loads(next(folder.glob("*_findings.json")).read_text())
+    if findings["lesion_count"]:
+        seg = hd.seg.segread(folder / "seg.dcm")
+        assert seg.number_of_segments == findings["lesion_count"]
+        assert dciodvfy_errors(folder / "seg.dcm") == []
+    assert dciodvfy_errors(folder / "sr.dcm") == []
+
+
+def test_nifti_research_path(tmp_path, shared_data, quiet_model):
+    out = tmp_path / "out"
+    proc = run_app(shared_data / "lidc_idri_0314_nodule/image_slab.nii.gz", out, quiet_model)
+    assert proc.returncode == ExitStatus.OK, proc.stderr[-3000:]
+    folder = output_of(out)
+    assert folder.name == "image_slab"
+    assert sorted(p.name for p in folder.iterdir()) == ["image_slab_findings.json", "image_slab_lesion.nii.gz"]
+    findings = json.loads((folder / "image_slab_findings.json").read_text())
+    assert findings["lesion_count"] == 0 and findings["image"].endswith("image_slab.nii.gz")
+
+
+def test_full_134_slice_series(tmp_path, shared_data):
+    """The complete abdominal series end to end (one run, about a minute on 2 cores): SEG frames on its slices."""
+    src = shared_data / "tcia_pancreatic_ct_cbct_seg_full_series/dicom"
+    model = make_bundle(tmp_path / "gf", TEST_OVERRIDES)
+    out = tmp_path / "out"
+    proc = run_app(src, out, model)
+    assert proc.returncode == ExitStatus.OK, proc.stderr[-3000:]
+    folder = output_of(out)
+    findings = json.loads(next(folder.glob("*_findings.json")).read_text())
+    assert findings["glance_focus"]["windows_total"] > 100
+    assert dciodvfy_errors(folder / "sr.dcm") == []
+    if findings["lesion_count"]:
+        seg = pydicom.dcmread(folder / "seg.dcm")
+        assert dciodvfy_errors(folder / "seg.dcm") == []
+        positions = {
+            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: pydicom.dcmread(
+                p, stop_before_pixels=True
+            ).ImagePositionPatient
+            for p in src.iterdir()
+        }
+        for frame in seg.PerFrameFunctionalGroupsSequence:
+            uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            assert np.allclose(
+                [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient],
+                [float(v) for v in positions[uid]],
+            )
+    for name in ("Pancreas-CT-CB_001",):
+        assert name not in proc.stdout + proc.stderr
