@@ -179,3 +179,75 @@ def test_mlflow_tracking_records_losses_and_validation_metrics(shared_data, tmp_
     assert len(history["train_loss"]) == iterations == 2
     assert all(math.isfinite(m.value) for m in history["train_loss"])
     assert 0 <= history["val_mean_dice"][-1].value <= 1 and "keep_fraction" in history
+
+
+def _fixed_crops(wf, item: dict, pos: float, neg: float, num_samples: int) -> list[dict]:
+    """Deterministic crops of one preprocessed scan (the training pipeline's own loading, no augmentation)."""
+    from monai.transforms import Compose, RandCropByPosNegLabeld
+
+    data = Compose(wf.parser.get_parsed_content("load_transforms"))(dict(item))
+    crop = RandCropByPosNegLabeld(
+        keys=["image", "label"],
+        label_key="label",
+        spatial_size=wf.parser["roi_size"],
+        pos=pos,
+        neg=neg,
+        num_samples=num_samples,
+        image_key=None,
+    )
+    crop.set_random_state(0)
+    return crop(data)
+
+
+def _measure(trainer, lesion: list[dict], free: list[dict]) -> tuple[float, float, float]:
+    """Focus Dice on the lesion crops, Glance's mean p(lesion) on lesion and on lesion-free crops (eval mode)."""
+    from monai.metrics import DiceMetric
+
+    glance, focus = trainer.glance.eval(), trainer.network.eval()
+    x_les = torch.stack([c["image"].as_tensor() for c in lesion])
+    y_les = torch.stack([c["label"].as_tensor() for c in lesion])
+    x_free = torch.stack([c["image"].as_tensor() for c in free])
+    with torch.no_grad():
+        pred = focus(x_les).argmax(1, keepdim=True)
+        dice = DiceMetric(include_background=False)(pred.float(), (y_les > 0).float()).mean().item()
+        p_les = torch.softmax(glance(x_les), 1)[:, 1].mean().item()
+        p_free = torch.softmax(glance(x_free), 1)[:, 1].mean().item()
+    glance.train(), focus.train()
+    return dice, p_les, p_free
+
+
+def test_overfitting_one_lesion_scan(shared_data, tmp_path):
+    """On one real nodule scan the small networks must learn it: Focus Dice far above its start, Glance p(lesion)
+    on lesion windows above p on lesion-free windows. Measured (seed 0, 60 iterations, 2-core CPU): Dice 0.01 ->
+    0.45, p 0.92 on lesion vs 0.01 on lesion-free windows; the bars leave a wide margin but fail if learning breaks.
+    """
+    import json
+
+    full = json.loads((ROOT / "configs/datalist.json").read_text())
+    item = next(i for i in full["training"] if i["image"].startswith("lidc_idri_0314"))
+    datalist = tmp_path / "one_scan.json"
+    datalist.write_text(json.dumps({"training": [item], "validation": [item]}))
+    wf = _workflow(
+        tmp_path,
+        shared_data,
+        datalist=str(datalist),
+        scans_per_step=1,
+        windows_per_scan=4,
+        learning_rate=1e-3,
+        num_workers=0,
+        val_interval=10**6,
+        max_epochs=60,
+        seed=0,
+    )
+    abs_item = {k: str(shared_data / v) if k in ("image", "label") else v for k, v in item.items()}
+    lesion = _fixed_crops(wf, abs_item, pos=1, neg=0, num_samples=4)
+    free = [c for c in _fixed_crops(wf, abs_item, pos=0, neg=1, num_samples=16) if not c["label"].any()][:4]
+    assert len(lesion) == 4 and len(free) == 4
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    dice0, _, _ = _measure(trainer, lesion, free)
+    wf.run()
+    dice, p_les, p_free = _measure(trainer, lesion, free)
+    print(f"overfit: Focus Dice {dice0:.3f} -> {dice:.3f}, Glance p lesion {p_les:.3f} vs lesion-free {p_free:.3f}")
+    assert trainer.state.iteration == 60
+    assert dice > dice0 + 0.25, (dice0, dice)
+    assert p_les - p_free > 0.3, (p_les, p_free)
