@@ -72,22 +72,36 @@ def list_inputs(
     return items
 
 
+TRAINING_KEYS = ("id", "image", "label", "organ", "region")
+
+
 def training_items(
     datalist: str | os.PathLike, dataset_dir: str | os.PathLike, lesion_free_repeat: int = 10
 ) -> list[dict]:
-    """The ``training`` items, plus the optional ``training_lesion_free`` items repeated ``lesion_free_repeat`` times.
+    """The ``training`` items, the optional ``training_lesion_free`` items repeated ``lesion_free_repeat`` times, and
+    the optional ``training_synthesis_hosts``.
 
     Lesion-free items carry no label (``bundle.transforms.EnsureLabeld`` gives them a zero one). Repeating them
-    follows the paper's code, which lists its healthy scans 10 times.
+    follows the paper's code, which lists its healthy scans 10 times. Synthesis hosts carry no label but an ``organ``
+    map, which ``bundle.synthesis.RandSynthLesiond`` uses to paint lesions into their organs.
     """
+
+    def optional(split: str) -> list[dict]:
+        try:
+            items = load_decathlon_datalist(str(datalist), True, split, str(dataset_dir))
+        except ValueError:  # the datalist has no such list
+            return []
+        for item in items:
+            if "label" in item:
+                raise ValueError(f"{datalist}: {split} item {item['image']} has a label; these scans have none.")
+        return items
+
     lesion = load_decathlon_datalist(str(datalist), True, "training", str(dataset_dir))
-    try:
-        free = load_decathlon_datalist(str(datalist), True, "training_lesion_free", str(dataset_dir))
-    except ValueError:  # the datalist has no lesion-free list
-        free = []
-    for item in free:
-        if "label" in item:
-            raise ValueError(
-                f"{datalist}: training_lesion_free item {item['image']} has a label; lesion-free means none."
-            )
-    return lesion + [dict(item) for _ in range(lesion_free_repeat) for item in free]
+    free = optional("training_lesion_free")
+    hosts = optional("training_synthesis_hosts")
+    for item in hosts:
+        if "organ" not in item:
+            raise ValueError(f"{datalist}: training_synthesis_hosts item {item['image']} has no organ map.")
+    items = lesion + [dict(item) for _ in range(lesion_free_repeat) for item in free] + hosts
+    # only what the pipeline reads: descriptive fields differ between lists and would break batch collation
+    return [{k: v for k, v in item.items() if k in TRAINING_KEYS} for item in items]

@@ -16,6 +16,7 @@ COMMITTED = Path(__file__).resolve().parents[1] / "configs" / "datalist.json"
 
 EXPECTED_SPLITS = {
     "training": ["lidc_idri_0314", "STS_001", "STS_002"],
+    "training_synthesis_hosts": ["totalsegmentator_example_sm"],
     "validation": ["STS_003"],
     "test": ["pyradiomics_lung1", "totalsegmentator_example", "pancreas_ct_cb_001", "crlm_ct_1004"],
 }
@@ -27,6 +28,7 @@ EXPECTED_CASES = {
     "STS_003": ("extremity", "soft_tissue_sarcoma", None),
     "pyradiomics_lung1": ("chest", "lung_nodule", None),
     "totalsegmentator_example": ("abdomen", None, "unknown"),
+    "totalsegmentator_example_sm": ("abdomen", None, "unknown"),
     "pancreas_ct_cb_001": ("abdomen", None, "present_unlabelled"),
     "crlm_ct_1004": ("abdomen", None, "present_unlabelled"),
 }
@@ -56,6 +58,8 @@ def test_regions_and_lesion_information(datalist):
         assert item.get("lesion_status") == lesion_status
         assert ("label" in item) == (lesion_status is None)
         assert item["image"].split("/")[0] == item["source"]
+        # only synthesis hosts carry an organ map, on their image's grid (checked by the builder)
+        assert ("organ" in item) == (item["id"] == "totalsegmentator_example_sm")
 
 
 def test_paths_are_relative_and_exist(shared_data, datalist):
@@ -111,3 +115,15 @@ def test_committed_datalist_is_what_the_cli_writes(shared_data, tmp_path, datali
     for split in EXPECTED_SPLITS:  # the way the bundle reads it
         items = load_decathlon_datalist(str(COMMITTED), data_list_key=split, base_dir=str(shared_data))
         assert all(Path(item["image"]).exists() for item in items)
+
+
+def test_training_items_collate_across_lists(shared_data):
+    """Real lesion scans and synthesis hosts go into one batch: same keys, the host without label, with organ."""
+    from bundle.data import training_items
+
+    items = training_items(COMMITTED, shared_data)
+    by_id = {item["id"]: item for item in items}
+    assert set(by_id) == {"lidc_idri_0314", "STS_001", "STS_002", "totalsegmentator_example_sm"}
+    host = by_id["totalsegmentator_example_sm"]
+    assert "label" not in host and Path(host["organ"]).is_file() and Path(host["image"]).is_file()
+    assert all(set(item) <= {"id", "image", "label", "organ", "region"} for item in items)
