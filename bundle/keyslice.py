@@ -1,0 +1,93 @@
+"""A PNG of the key axial slice of a screened scan with the lesion outline, for a person to look at.
+
+    python -m bundle.keyslice sample_data/lung1/lung1_image.nrrd eval
+
+The key slice is the axial slice where the most suspicious lesion of the findings JSON (highest maximum
+probability) has its largest area; with no lesion, the slice of the scan's centre. The image is shown in the HU
+window of the region the bundle used, in radiological orientation (patient right on the image's left, anterior at
+the top), with the lesion mask's outline in red. Written atomically beside the findings as
+``<case_id>_key_slice.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from monai.transforms import LoadImage, Orientation
+from PIL import Image
+from scipy import ndimage
+
+from bundle.transforms import region_window
+from bundle.writers import _temp_beside, case_id_of
+
+__all__ = ["key_slice_index", "render_key_slice", "main"]
+
+OUTLINE_RGB = (255, 40, 40)
+
+
+def _load_ras(path: Path) -> np.ndarray:
+    """Image or mask on its own grid, axes reoriented to RAS (axis 2 runs inferior to superior)."""
+    reader = None if path.name.endswith((".nii", ".nii.gz")) else "ITKReader"
+    image = LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(str(path))
+    return np.asarray(Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)[0])
+
+
+def key_slice_index(mask: np.ndarray, voxels: int | None = None) -> int:
+    """Axial index where one lesion component (26-connected) has its largest area: the component whose size is
+    nearest ``voxels`` (the findings' count for a lesion), else the largest; the middle slice of an empty mask."""
+    if not mask.any():
+        return mask.shape[2] // 2
+    components, _ = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(components.ravel())[1:]
+    label = int(np.argmin(np.abs(sizes - voxels)) if voxels is not None else sizes.argmax()) + 1
+    return int((components == label).sum(axis=(0, 1)).argmax())
+
+
+def render_key_slice(image: np.ndarray, mask: np.ndarray, index: int, window: tuple[float, float]) -> np.ndarray:
+    """RGB array of axial slice ``index``: windowed grey values, red lesion outline, radiological orientation."""
+    lo, hi = window
+    grey = np.clip((image[:, :, index] - lo) / (hi - lo), 0, 1) * 255
+    slab = mask[:, :, index] > 0
+    outline = slab & ~ndimage.binary_erosion(slab)
+    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.uint8)
+    rgb[outline] = OUTLINE_RGB
+    # array axes are (R, A): rows must run anterior to posterior and columns patient right to left
+    return rgb.transpose(1, 0, 2)[::-1, ::-1]
+
+
+def write_key_slice(image_path: Path, output_dir: Path) -> Path:
+    """Render the key slice of the case screened from ``image_path`` into its output folder; returns the PNG path."""
+    case_id = case_id_of(image_path)
+    case_dir = output_dir / case_id
+    findings = json.loads((case_dir / f"{case_id}_findings.json").read_text())
+    image, mask = _load_ras(image_path), _load_ras(case_dir / f"{case_id}_lesion.nii.gz") > 0
+    if image.shape != mask.shape:
+        raise ValueError(f"{image_path}: image {image.shape} and lesion mask {mask.shape} are not on one grid")
+    lesions = findings["lesions"]
+    top = max(lesions, key=lambda les: les["max_probability"])["voxels"] if lesions else None
+    index = key_slice_index(mask, top)
+    rgb = render_key_slice(image, mask, index, region_window(findings["region"]))
+    png = case_dir / f"{case_id}_key_slice.png"
+    tmp = _temp_beside(png, ".png")
+    try:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
+        os.replace(tmp, png)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return png
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image", type=Path, help="the screened scan (file or DICOM series folder)")
+    parser.add_argument("output_dir", type=Path, help="the inference output_dir")
+    args = parser.parse_args(argv)
+    print(f"key slice: {write_key_slice(args.image, args.output_dir)}")
+
+
+if __name__ == "__main__":
+    main()
