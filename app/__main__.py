@@ -4,9 +4,11 @@ import sys
 from pathlib import Path
 
 _here = Path(__file__).resolve().parent
+# ``python app`` puts app/ first on the path, where app/app.py would hide the package ``app``; its parent (the project
+# here, /opt/holoscan in a MAP) makes ``app`` and, locally, ``bundle`` importable. In a MAP ``bundle`` comes from
+# /opt/holoscan/lib, on PYTHONPATH (``monai-deploy package --add``; docs/deploy.md).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))
-sys.path.append(str(_here))  # a packager's --add copies extra packages (bundle/) into the app folder
 
 from app.app import main  # noqa: E402
 

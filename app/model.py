@@ -1,9 +1,11 @@
 """The bundle behind the app: configs, networks, weights, preprocessing and postprocessing from the model path.
 
 The model path (``-m`` / ``HOLOSCAN_MODEL_PATH``) is a bundle folder: ``configs/inference.yaml`` and
-``models/model.pt``. An optional ``configs/app_configs.json`` lists the configs to merge, in order (for the CPU-size
-weights: ``["inference.yaml", "small.yaml"]``); without it the app reads ``inference.yaml`` alone. Everything is
-parsed with MONAI's ``ConfigParser``, so the app runs the bundle's own objects, not copies of them.
+``models/model.pt``, or a folder holding exactly one such bundle folder (what ``monai-deploy package --models`` makes of
+a bundle folder with files at its top: ``/opt/holoscan/models/<name>/``). An optional ``configs/app_configs.json``
+lists the configs to merge, in order (for the CPU-size weights: ``["inference.yaml", "small.yaml"]``); without it the
+app reads ``inference.yaml`` alone. Everything is parsed with MONAI's ``ConfigParser``, so the app runs the bundle's
+own objects, not copies of them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "ModelPathError",
     "WeightsError",
     "allow_untrained_from_env",
+    "bundle_root_of",
     "load_bundle",
 ]
 
@@ -69,6 +72,24 @@ class BundleModel:
     version: str
 
 
+def bundle_root_of(model_path: str | os.PathLike) -> Path:
+    """The bundle folder at ``model_path``: the path itself if it has ``configs/``, else its only sub-folder that has.
+
+    A MAP copies a ``--models`` folder with files at its top to ``/opt/holoscan/models/<name>/`` while
+    ``HOLOSCAN_MODEL_PATH`` stays ``/opt/holoscan/models``; both layouts must load.
+    """
+    root = Path(model_path).resolve()
+    if not root.is_dir():
+        raise ModelPathError(f"model path {root} is not a bundle folder (configs/ + models/model.pt).")
+    if (root / "configs").is_dir():
+        return root
+    inner = [p for p in sorted(root.iterdir()) if (p / "configs").is_dir()]
+    if len(inner) != 1:
+        found = "none" if not inner else ", ".join(p.name for p in inner)
+        raise ModelPathError(f"model path {root}: no configs/ folder, and not one bundle folder inside it ({found}).")
+    return inner[0]
+
+
 def config_files_of(root: Path) -> list[Path]:
     """The configs to merge: ``configs/app_configs.json`` if present, else ``configs/inference.yaml``."""
     configs = root / "configs"
@@ -104,16 +125,20 @@ def load_bundle(model_path: str | os.PathLike, allow_untrained: bool | None = No
     Without ``models/model.pt`` this raises ``WeightsError`` unless the untrained mode is on (argument, or
     ``GF_SCREEN_ALLOW_UNTRAINED=1``).
     """
-    root = Path(model_path).resolve()
-    if not root.is_dir():
-        raise ModelPathError(f"model path {root} is not a bundle folder (configs/ + models/model.pt).")
+    root = bundle_root_of(model_path)
     files = config_files_of(root)
     if allow_untrained is None:
         allow_untrained = allow_untrained_from_env()
+    ckpt = root / "models" / "model.pt"
+    if not allow_untrained and not ckpt.is_file():  # the bundle's own message names its flag, not the app's
+        raise WeightsError(
+            f"no weights at {ckpt}. Put the trained model.pt there, or set {ALLOW_UNTRAINED_ENV}=1 to run with random "
+            "weights (every output is then labelled untrained; its findings are not results)."
+        )
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     parser["bundle_root"] = str(root)
-    parser["ckpt_path"] = str(root / "models" / "model.pt")
+    parser["ckpt_path"] = str(ckpt)
     parser["allow_untrained"] = bool(allow_untrained)
     parser["device"] = f"$torch.device('{device}')"
     parser["inferer"]["progress"] = False
