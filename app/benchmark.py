@@ -42,7 +42,9 @@ def run(input_path: str, model_path: str) -> dict:
     result["total_stages"] = round(sum(result.values()), 2)
     result["wall_including_model_setup"] = round(wall, 2)
     result["stages"] = stages
-    result["cases"] = [c.findings["glance_focus"] for c in report.cases if c.ok]
+    result["cases"] = [  # the lesion count sets the SEG's size and writing time
+        {**c.findings["glance_focus"], "lesion_count": c.findings["lesion_count"]} for c in report.cases if c.ok
+    ]
     result["machine"] = {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     return result
 

@@ -47,10 +47,30 @@ def leftovers(out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory, shared_data, quiet_model):
-    """One input holding a valid series (study A) and one bad series per kind of fault (each its own study)."""
+    """One input holding a valid series (study A) and one bad series per kind of fault (each its own study).
+
+    Study A also holds a thicker copy (every second slice), a derived copy and a localizer: the selector must
+    screen the original series only.
+    """
     inp = tmp_path_factory.mktemp("mixed")
     files = lidc_files(shared_data)
     copy_series(shared_data / LIDC, inp / "valid")
+
+    def same_study(image_type=None):
+        series = pydicom.uid.generate_uid()
+
+        def edit(ds, i):
+            ds.SeriesInstanceUID, ds.SeriesNumber = series, int(ds.SeriesNumber) + 1
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            if image_type:
+                ds.ImageType = image_type
+
+        return edit
+
+    derived, localizer = ["DERIVED", "SECONDARY", "AXIAL"], ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    copy_series(shared_data / LIDC, inp / "thicker", files=files[::2], edit=same_study())
+    copy_series(shared_data / LIDC, inp / "derived", files=files[:40], edit=same_study(derived))
+    copy_series(shared_data / LIDC, inp / "scout", files=files[:3], edit=same_study(localizer))
     copy_series(shared_data / LIDC, inp / "missing_slice", files=files[:20] + files[21:], new_uids=True)
 
     def shift(ds, i):
@@ -90,12 +110,16 @@ def test_bad_series_are_named_and_the_valid_one_is_screened(mixed_run):
         "modality MR, not CT",
         "Ignored corrupt DICOM file",
         "no CT series that can be screened",
+        "a derived series",
+        "a localizer (scout), not a volume",
     ):
         assert reason in logs, reason
     assert logs.count("uneven slice spacing or missing slices") >= 3
     assert leftovers(out) == []  # no staging folder of a failed case survives
-    folder = output_of(out)  # only the valid series has outputs
+    folder = output_of(out)  # only the valid series has outputs: the thinnest of its study, not the thicker copy
     assert folder.name == pydicom.dcmread(next((inp / "valid").iterdir())).SeriesInstanceUID
+    thicker = pydicom.dcmread(next((inp / "thicker").iterdir())).SeriesInstanceUID
+    assert f"Skipped series {thicker}" not in logs  # a valid candidate, passed over for the thinner one
 
 
 def test_nothing_found_is_stated_in_json_and_sr_without_seg(mixed_run):
@@ -144,7 +168,7 @@ def test_no_weights_refused_unless_untrained_mode(tmp_path, shared_data):
     inp = copy_series(shared_data / LIDC, tmp_path / "in")
     proc = run_app(inp, tmp_path / "out", model)
     assert proc.returncode == ExitStatus.WEIGHTS
-    assert "no weights at" in proc.stdout + proc.stderr
+    assert "no weights at" in proc.stdout + proc.stderr and "GF_SCREEN_ALLOW_UNTRAINED=1" in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     proc = run_app(inp, tmp_path / "out", model, untrained=True, env_paths=True)  # HOLOSCAN_* paths this time
     assert proc.returncode == ExitStatus.OK, proc.stderr[-2000:]
@@ -156,11 +180,15 @@ def test_no_weights_refused_unless_untrained_mode(tmp_path, shared_data):
 
 
 def test_series_without_uids_is_rejected_and_compressed_series_screens(tmp_path, shared_data, tmp_path_factory):
-    """The 20-slice JPEG 2000 series ships with empty UIDs: as is, a clear refusal; with UIDs, SEG + SR."""
+    """The 20-slice JPEG 2000 series ships with empty UIDs: as is, a clear refusal; with UIDs, SEG + SR.
+
+    Glance threshold 0.9: the test weights score 2 of its 35 windows above it (none above 0.97), so Focus runs and
+    the SEG is written.
+    """
     src = shared_data / "totalsegmentator_example/example_ct_dicom"
     raw = tmp_path / "raw"
     shutil.copytree(src, raw)
-    model = make_bundle(tmp_path / "gf", TEST_OVERRIDES)
+    model = make_bundle(tmp_path / "gf", {**TEST_OVERRIDES, "glance_threshold": 0.9})
     proc = run_app(raw, tmp_path / "out_raw", model)
     assert proc.returncode == ExitStatus.NO_SCREENABLE_SERIES
     assert "empty SOPClassUID, SOPInstanceUID, StudyInstanceUID" in proc.stdout + proc.stderr
@@ -177,10 +205,10 @@ def test_series_without_uids_is_rejected_and_compressed_series_screens(tmp_path,
     assert proc.returncode == ExitStatus.OK, proc.stderr[-3000:]
     folder = output_of(out)
     findings = json.loads(next(folder.glob("*_findings.json")).read_text())
-    if findings["lesion_count"]:
-        seg = hd.seg.segread(folder / "seg.dcm")
-        assert seg.number_of_segments == findings["lesion_count"]
-        assert dciodvfy_errors(folder / "seg.dcm") == []
+    assert findings["glance_focus"]["windows_kept"] >= 1 and findings["lesion_count"] >= 1
+    seg = hd.seg.segread(folder / "seg.dcm")
+    assert seg.number_of_segments == findings["lesion_count"]
+    assert dciodvfy_errors(folder / "seg.dcm") == []
     assert dciodvfy_errors(folder / "sr.dcm") == []
 
 
@@ -196,30 +224,30 @@ def test_nifti_research_path(tmp_path, shared_data, quiet_model):
 
 
 def test_full_134_slice_series(tmp_path, shared_data):
-    """The complete abdominal series end to end (one run, about a minute on 2 cores): SEG frames on its slices."""
+    """The complete abdominal series end to end (one run, about a minute on 2 cores): SEG frames on its slices.
+
+    Glance threshold 0.85: the test weights score 6 of its 144 windows above it (none above 0.97).
+    """
     src = shared_data / "tcia_pancreatic_ct_cbct_seg_full_series/dicom"
-    model = make_bundle(tmp_path / "gf", TEST_OVERRIDES)
+    model = make_bundle(tmp_path / "gf", {**TEST_OVERRIDES, "glance_threshold": 0.85})
     out = tmp_path / "out"
     proc = run_app(src, out, model)
     assert proc.returncode == ExitStatus.OK, proc.stderr[-3000:]
     folder = output_of(out)
     findings = json.loads(next(folder.glob("*_findings.json")).read_text())
     assert findings["glance_focus"]["windows_total"] > 100
+    assert findings["glance_focus"]["windows_kept"] >= 1 and findings["lesion_count"] >= 1
     assert dciodvfy_errors(folder / "sr.dcm") == []
-    if findings["lesion_count"]:
-        seg = pydicom.dcmread(folder / "seg.dcm")
-        assert dciodvfy_errors(folder / "seg.dcm") == []
-        positions = {
-            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: pydicom.dcmread(
-                p, stop_before_pixels=True
-            ).ImagePositionPatient
-            for p in src.iterdir()
-        }
-        for frame in seg.PerFrameFunctionalGroupsSequence:
-            uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-            assert np.allclose(
-                [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient],
-                [float(v) for v in positions[uid]],
-            )
+    seg = pydicom.dcmread(folder / "seg.dcm")
+    assert len(seg.SegmentSequence) == findings["lesion_count"]
+    assert dciodvfy_errors(folder / "seg.dcm") == []
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in src.iterdir()]
+    positions = {h.SOPInstanceUID: h.ImagePositionPatient for h in headers}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert np.allclose(
+            [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient],
+            [float(v) for v in positions[uid]],
+        )
     for name in ("Pancreas-CT-CB_001",):
         assert name not in proc.stdout + proc.stderr
