@@ -8,13 +8,19 @@ import shutil
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import psutil
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
+from monai.bundle import (
+    ConfigParser,
+    ConfigWorkflow,
+    verify_metadata,
+    verify_net_in_out,
+)
 from monai.transforms import AsDiscrete, Invertd, LoadImage, ResampleToMatch
 
 from tests.conftest import ROOT
@@ -84,7 +90,7 @@ def _run_inference(input_path, output_dir, **override) -> ConfigWorkflow:
         output_dir=str(output_dir),
         allow_untrained=True,
         device="$torch.device('cpu')",
-        **override,
+        **{"ckpt_path": str(Path(output_dir) / "no_weights.pt"), **override},
     )
     wf.initialize()
     wf.run()
