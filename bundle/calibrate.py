@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ from monai.transforms import LoadImage, ResampleToMatch
 from monai.utils import set_determinism
 
 from bundle.data import list_inputs
-from bundle.writers import atomic_write_json
+from bundle.writers import atomic_path, atomic_write_json
 
 __all__ = ["choose_threshold", "format_threshold", "main", "rewrite_threshold_line", "window_labels"]
 
@@ -107,14 +106,9 @@ def rewrite_threshold_line(config_file: str | os.PathLike, value: float, comment
     i = hits[0]
     ending = lines[i][len(lines[i].rstrip("\r\n")) :]
     lines[i] = f"glance_threshold: {format_threshold(value)}  # {comment}{ending}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Path(tmp).write_text("".join(lines), encoding="utf-8", newline="")
+    with atomic_path(path, ".tmp") as tmp:
+        tmp.write_text("".join(lines), encoding="utf-8", newline="")
         shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -102,6 +102,7 @@ def training_items(
     for item in hosts:
         if "organ" not in item:
             raise ValueError(f"{datalist}: training_synthesis_hosts item {item['image']} has no organ map.")
-    items = lesion + [dict(item) for _ in range(lesion_free_repeat) for item in free] + hosts
-    # only what the pipeline reads: descriptive fields differ between lists and would break batch collation
+    # only what the pipeline reads (descriptive fields differ between lists and would break batch collation); each
+    # repeat of a lesion-free scan is its own dict
+    items = lesion + free * lesion_free_repeat + hosts
     return [{k: v for k, v in item.items() if k in TRAINING_KEYS} for item in items]

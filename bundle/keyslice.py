@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from PIL import Image
 from scipy import ndimage
 
 from bundle.transforms import region_window
-from bundle.writers import _temp_beside, case_id_of
+from bundle.writers import atomic_path, case_id_of
 
 __all__ = ["key_slice_index", "render_key_slice", "main"]
 
@@ -72,12 +71,8 @@ def write_key_slice(image_path: Path, output_dir: Path) -> Path:
     index = key_slice_index(mask, top)
     rgb = render_key_slice(image, mask, index, region_window(findings["region"]))
     png = case_dir / f"{case_id}_key_slice.png"
-    tmp = _temp_beside(png, ".png")
-    try:
+    with atomic_path(png, ".png") as tmp:
         Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
-        os.replace(tmp, png)
-    finally:
-        tmp.unlink(missing_ok=True)
     return png
 
 

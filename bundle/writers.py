@@ -7,7 +7,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from monai.config import KeysCollection
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform
 
-__all__ = ["atomic_write_json", "atomic_write_nifti", "case_id_of", "SaveScanOutputsd"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_nifti", "case_id_of", "SaveScanOutputsd"]
 
 logger = logging.getLogger("gf_screen.writers")
 
@@ -39,31 +40,35 @@ def _temp_beside(path: Path, suffix: str) -> Path:
     return Path(tmp)
 
 
-def atomic_write_json(obj: object, path: str | os.PathLike, indent: int = 2) -> Path:
-    """Write JSON to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = _temp_beside(path, ".json")
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; renamed onto ``path`` when the block succeeds, removed otherwise.
+
+    Readers never see half a file, and a failed write leaves the old file (or none) in place.
+    """
+    tmp = _temp_beside(Path(path), suffix)
     try:
-        tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def atomic_write_json(obj: object, path: str | os.PathLike, indent: int = 2) -> Path:
+    """Write JSON atomically (``atomic_path``)."""
+    with atomic_path(path, ".json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+    return Path(path)
 
 
 def atomic_write_nifti(array: torch.Tensor, affine: torch.Tensor, path: str | os.PathLike) -> Path:
     """Write a 3D array with its affine as NIfTI through MONAI's ``NibabelWriter``, atomically."""
-    path = Path(path)
-    tmp = _temp_beside(path, ".nii.gz")
-    try:
+    with atomic_path(path, ".nii.gz") as tmp:
         writer = NibabelWriter(output_dtype=array.dtype)
         writer.set_data_array(array, channel_dim=None)
         writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
         writer.write(tmp, verbose=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 class SaveScanOutputsd(MapTransform):

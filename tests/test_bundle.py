@@ -15,12 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from monai.bundle import (
-    ConfigParser,
-    ConfigWorkflow,
-    verify_metadata,
-    verify_net_in_out,
-)
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
 from monai.transforms import AsDiscrete, Invertd, LoadImage, ResampleToMatch
 
 from tests.conftest import ROOT

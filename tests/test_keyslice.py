@@ -27,7 +27,10 @@ def test_key_slice_png_matches_simpleitk_in_radiological_orientation(tmp_path):
     (case_dir / "lung1_image_findings.json").write_text(json.dumps(findings))
 
     main([str(image_path), str(tmp_path)])
-    png = np.asarray(Image.open(case_dir / "lung1_image_key_slice.png").convert("RGB"))
+    png_path = case_dir / "lung1_image_key_slice.png"
+    assert png_path.stat().st_mode & 0o777 == 0o644  # atomic writes stay readable by others
+    assert [p.name for p in case_dir.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    png = np.asarray(Image.open(png_path).convert("RGB"))
 
     # Reference: SimpleITK's arrays are [z, y, x] in LPS index order; with an identity direction, row = posterior
     # and column = patient left, which is exactly the radiological display.
