@@ -82,8 +82,8 @@ def training_items(
     the optional ``training_synthesis_hosts``.
 
     Lesion-free items carry no label (``bundle.transforms.EnsureLabeld`` gives them a zero one). Repeating them
-    follows the paper's code, which lists its healthy scans 10 times. Synthesis hosts carry no label but an ``organ``
-    map, which ``bundle.synthesis.RandSynthLesiond`` uses to paint lesions into their organs.
+    follows the paper's code, which lists its healthy scans 10 times. Synthesis hosts carry no label; with an ``organ`` map
+    ``bundle.synthesis.RandSynthLesiond`` paints lesions into its organs, without one into the HU-threshold lungs.
     """
 
     def optional(split: str) -> list[dict]:
@@ -99,9 +99,6 @@ def training_items(
     lesion = load_decathlon_datalist(str(datalist), True, "training", str(dataset_dir))
     free = optional("training_lesion_free")
     hosts = optional("training_synthesis_hosts")
-    for item in hosts:
-        if "organ" not in item:
-            raise ValueError(f"{datalist}: training_synthesis_hosts item {item['image']} has no organ map.")
     # only what the pipeline reads (descriptive fields differ between lists and would break batch collation); each
     # repeat of a lesion-free scan is its own dict
     items = lesion + free * lesion_free_repeat + hosts

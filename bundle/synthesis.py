@@ -411,8 +411,10 @@ class RandSynthLesiond(RandomizableTransform, MapTransform):
     label); a missing label becomes all zero. ``organ_key`` names an optional TotalSegmentator organ map on the same
     grid; without it the lesion goes into the HU-threshold lungs. ``phase`` "auto" reads the contrast phase from the
     organ map's aorta (enhanced when there is no map). Existing lesions are kept out of the host, and the
-    new label is the union of the old one and the lesion. The item records ``synth_lesion_type`` and ``synth_organ``
-    (empty strings when nothing was painted, so that batches collate).
+    new label is the union of the old one and the lesion. ``max_lesions`` > 1 paints between 1 and that many lesions
+    (uniformly), each kept out of the earlier ones: more lesion windows per training step. The item records
+    ``synth_lesion_type`` and ``synth_organ`` (comma-separated, one entry per lesion; empty strings when nothing was
+    painted, so that batches collate).
     """
 
     def __init__(
@@ -424,6 +426,7 @@ class RandSynthLesiond(RandomizableTransform, MapTransform):
         diameter_mm: tuple[float, float] = (3.0, 50.0),
         margin_mm: float = 3.0,
         phase: str = "auto",
+        max_lesions: int = 1,
         allow_missing_keys: bool = True,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -438,8 +441,11 @@ class RandSynthLesiond(RandomizableTransform, MapTransform):
         self.diameter_mm = tuple(diameter_mm)
         if phase not in ("auto", *PHASES):
             raise ValueError(f"phase must be 'auto' or one of {PHASES}, got {phase!r}")
+        if max_lesions < 1:
+            raise ValueError(f"max_lesions must be at least 1, got {max_lesions}")
         self.margin_mm = margin_mm
         self.phase = phase
+        self.max_lesions = int(max_lesions)
         self._seed = 0
 
     def randomize(self, data: object = None) -> None:
@@ -468,25 +474,24 @@ class RandSynthLesiond(RandomizableTransform, MapTransform):
             hosts = host_masks(hu, affine, organ_map)
             phase = contrast_phase(hu, organ_map) if self.phase == "auto" else self.phase
             existing = np.asarray(label[0].detach().cpu()) > 0
-            hosts = {name: mask & ~existing for name, mask in hosts.items()}
-            try:
-                new, mask, info = synthesize_lesion(
-                    hu,
-                    affine,
-                    hosts,
-                    np.random.default_rng(self._seed),
-                    self.lesion_types,
-                    self.diameter_mm,
-                    self.margin_mm,
-                    phase,
-                )
-            except NoRoomError as error:
-                logger.debug("no lesion painted: %s", error)
-            else:
-                d[image_key] = _like(image, torch.from_numpy(new).to(image.dtype)[None])
-                union = torch.maximum(torch.as_tensor(label), torch.from_numpy(mask)[None].to(label.dtype))
-                label = _like(label, union)
-                d["synth_lesion_type"], d["synth_organ"] = info["lesion_type"], info["organ"]
+            rng = np.random.default_rng(self._seed)
+            painted = []
+            for _ in range(int(rng.integers(1, self.max_lesions + 1))):
+                free = {name: mask & ~existing for name, mask in hosts.items()}
+                try:
+                    hu, mask, info = synthesize_lesion(
+                        hu, affine, free, rng, self.lesion_types, self.diameter_mm, self.margin_mm, phase
+                    )
+                except NoRoomError as error:
+                    logger.debug("no lesion painted: %s", error)
+                    break
+                existing |= mask
+                painted.append(info)
+            if painted:
+                d[image_key] = _like(image, torch.from_numpy(hu).to(image.dtype)[None])
+                label = _like(label, torch.from_numpy(existing)[None].to(label.dtype))
+                d["synth_lesion_type"] = ",".join(str(info["lesion_type"]) for info in painted)
+                d["synth_organ"] = ",".join(str(info["organ"]) for info in painted)
         d[label_key] = label
         return d
 
@@ -519,6 +524,7 @@ SOURCES: dict[str, Source] = {
     "totalsegmentator": Source(
         "totalsegmentator_example/example_ct_sm.nii.gz", "totalsegmentator_example/example_seg.nii.gz", None, "abdomen"
     ),
+    "totalsegmentator_chest": Source("totalsegmentator_example/example_ct.nii.gz", None, None, "chest"),
     "lung1": Source("pyradiomics_lung1/lung1_image.nrrd", None, "pyradiomics_lung1/lung1_label.nrrd", "chest"),
     "lidc": Source(
         "lidc_idri_0314_nodule/image_slab.nii.gz", None, "lidc_idri_0314_nodule/mask_consensus50.nii.gz", "chest"
@@ -600,7 +606,7 @@ def make_synthetic_set(
                 "label": label_rel,
                 "region": source.region,
                 "lesion_type": info["lesion_type"],
-                "organ": info["organ"],
+                "host_organ": info["organ"],  # not "organ": training configs load that key as an organ-map file
                 "source": name,
                 "synthesis": {"seed": seed, "index": index, **info},
             }

@@ -15,10 +15,10 @@ from bundle.datalist import build_datalist, main
 COMMITTED = Path(__file__).resolve().parents[1] / "configs" / "datalist.json"
 
 EXPECTED_SPLITS = {
-    "training": ["lidc_idri_0314", "STS_001", "STS_002"],
-    "training_synthesis_hosts": ["totalsegmentator_example_sm"],
+    "training": ["lidc_idri_0314"],
+    "training_synthesis_hosts": ["totalsegmentator_example_sm", "totalsegmentator_example"],
     "validation": ["STS_003"],
-    "test": ["pyradiomics_lung1", "totalsegmentator_example", "pancreas_ct_cb_001", "crlm_ct_1004"],
+    "test": ["pyradiomics_lung1", "STS_001", "STS_002", "pancreas_ct_cb_001", "crlm_ct_1004"],
 }
 # id: (region, lesion_type, lesion_status); a lesion_status is given exactly when there is no label.
 EXPECTED_CASES = {
@@ -27,7 +27,7 @@ EXPECTED_CASES = {
     "STS_002": ("extremity", "soft_tissue_sarcoma", None),
     "STS_003": ("extremity", "soft_tissue_sarcoma", None),
     "pyradiomics_lung1": ("chest", "lung_nodule", None),
-    "totalsegmentator_example": ("abdomen", None, "unknown"),
+    "totalsegmentator_example": ("chest", None, "unknown"),
     "totalsegmentator_example_sm": ("abdomen", None, "unknown"),
     "pancreas_ct_cb_001": ("abdomen", None, "present_unlabelled"),
     "crlm_ct_1004": ("abdomen", None, "present_unlabelled"),
@@ -58,7 +58,7 @@ def test_regions_and_lesion_information(datalist):
         assert item.get("lesion_status") == lesion_status
         assert ("label" in item) == (lesion_status is None)
         assert item["image"].split("/")[0] == item["source"]
-        # only synthesis hosts carry an organ map, on their image's grid (checked by the builder)
+        # only the abdominal synthesis host carries an organ map, on its image's grid (checked by the builder)
         assert ("organ" in item) == (item["id"] == "totalsegmentator_example_sm")
 
 
@@ -118,12 +118,15 @@ def test_committed_datalist_is_what_the_cli_writes(shared_data, tmp_path, datali
 
 
 def test_training_items_collate_across_lists(shared_data):
-    """Real lesion scans and synthesis hosts go into one batch: same keys, the host without label, with organ."""
+    """Real lesion scans and synthesis hosts go into one batch: same keys, hosts without label, one with an organ map
+    (abdominal lesions) and one without (lung nodules in its HU-threshold lungs)."""
     from bundle.data import training_items
 
     items = training_items(COMMITTED, shared_data)
     by_id = {item["id"]: item for item in items}
-    assert set(by_id) == {"lidc_idri_0314", "STS_001", "STS_002", "totalsegmentator_example_sm"}
+    assert set(by_id) == {"lidc_idri_0314", "totalsegmentator_example_sm", "totalsegmentator_example"}
     host = by_id["totalsegmentator_example_sm"]
     assert "label" not in host and Path(host["organ"]).is_file() and Path(host["image"]).is_file()
+    chest = by_id["totalsegmentator_example"]
+    assert "label" not in chest and "organ" not in chest and chest["region"] == "chest"
     assert all(set(item) <= {"id", "image", "label", "organ", "region"} for item in items)

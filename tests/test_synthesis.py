@@ -214,6 +214,37 @@ def test_transform_with_organ_map(abdomen, shared_data):
         t({"image": image, "organ": "example_seg.nii.gz"})
 
 
+def test_transform_paints_several_separate_lesions(abdomen, shared_data):
+    """max_lesions: up to that many lesions, each its own connected component inside its organ, the label their
+    union, every voxel outside the lesions and their margin band unchanged; the same seed gives the same image."""
+    hu, affine, hosts, organ_map = abdomen
+    image = load_ras(shared_data / TS / "example_ct_sm.nii.gz").float()
+    counts = set()
+    for seed in range(6):
+        t = RandSynthLesiond(keys=("image", "label"), organ_key="organ", prob=1.0, max_lesions=4)
+        t.set_random_state(seed=seed)
+        out = t({"image": image, "organ": organ_map})
+        types, organs = out["synth_lesion_type"].split(","), out["synth_organ"].split(",")
+        assert 1 <= len(types) == len(organs) <= 4
+        counts.add(len(types))
+        lesion = out["label"][0].numpy() > 0
+        _, components = ndimage.label(lesion)
+        assert components == len(types), "lesions touch or one is missing from the label"
+        for organ in set(organs):
+            assert organ in hosts
+        assert not (lesion & ~np.any([hosts[o] for o in organs], axis=0)).any()
+        changed = out["image"][0].numpy() != hu
+        assert changed[lesion].all()
+        band = ndimage.distance_transform_edt(~lesion, sampling=spacing_of(affine)) <= MARGIN / 2 + 1e-6
+        assert not (changed & ~band).any(), "voxels changed away from every lesion"
+        again = RandSynthLesiond(keys=("image", "label"), organ_key="organ", prob=1.0, max_lesions=4)
+        again.set_random_state(seed=seed)
+        assert torch.equal(again({"image": image, "organ": organ_map})["image"], out["image"])
+    assert len(counts) > 1, f"always {counts} lesions in 6 draws of 1 to 4"
+    with pytest.raises(ValueError, match="max_lesions"):
+        RandSynthLesiond(max_lesions=0)
+
+
 def test_command_writes_a_deterministic_validation_set(tmp_path, shared_data):
     args = ["--count", "2", "--seed", "3", "--source", "totalsegmentator", "--data_root", str(shared_data)]
     synthesis.main(["--out", str(tmp_path / "a"), *args])
@@ -221,7 +252,7 @@ def test_command_writes_a_deterministic_validation_set(tmp_path, shared_data):
     items = load_decathlon_datalist(str(tmp_path / "a" / "datalist.json"), True, "validation")
     assert len(items) == 2
     for item in items:
-        assert item["lesion_type"] in LESION_TYPES and item["organ"] and item["region"] == "abdomen"
+        assert item["lesion_type"] in LESION_TYPES and item["host_organ"] and item["region"] == "abdomen"
         mask = nib.load(item["label"])
         image = nib.load(item["image"])
         assert mask.shape == image.shape and np.asarray(mask.dataobj).any()
