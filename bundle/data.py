@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,9 +11,25 @@ from monai.data import load_decathlon_datalist
 from bundle.validation import InvalidScanError, check_dicom_series, is_dicom_file
 from bundle.writers import case_id_of
 
-__all__ = ["list_inputs", "training_items", "IMAGE_SUFFIXES"]
+__all__ = ["list_inputs", "load_datalist", "training_items", "IMAGE_SUFFIXES", "PATH_KEYS"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+PATH_KEYS = ("image", "label", "organ")  # datalist values resolved against the data root
+
+
+def load_datalist(datalist: str | os.PathLike, split: str, base_dir: str | os.PathLike) -> list[dict]:
+    """The ``split`` items of an MSD-style datalist with ``PATH_KEYS`` made absolute and every other value as written.
+
+    ``load_decathlon_datalist`` rewrites any string that happens to name an existing path under ``base_dir`` (an
+    ``id`` equal to a case folder's name, such as ``pyradiomics_lung1``) into that path; outputs named by the id would
+    then land in the data folder. Raises ``ValueError`` when the split is missing.
+    """
+    items = load_decathlon_datalist(str(datalist), is_segmentation=True, data_list_key=split, base_dir=str(base_dir))
+    raw = json.loads(Path(datalist).read_text())[split]
+    return [
+        {key: item[key] if key in PATH_KEYS else value for key, value in raw_item.items()}
+        for raw_item, item in zip(raw, items)
+    ]
 
 
 def _is_image_file(path: Path) -> bool:
@@ -41,7 +58,7 @@ def list_inputs(
         raise FileNotFoundError(f"input {path} does not exist.")
     if path.is_file() and path.suffix.lower() == ".json":
         base = Path(dataset_dir) if dataset_dir is not None else path.parent
-        items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=split, base_dir=str(base))
+        items = load_datalist(path, split, base)
         out = []
         for item in items:
             image = Path(item["image"])
@@ -72,7 +89,7 @@ def list_inputs(
     return items
 
 
-TRAINING_KEYS = ("id", "image", "label", "organ", "region")
+TRAINING_KEYS = ("id", "image", "label", "organ", "region", "axial_range_mm")
 
 
 def training_items(
@@ -82,13 +99,14 @@ def training_items(
     the optional ``training_synthesis_hosts``.
 
     Lesion-free items carry no label (``bundle.transforms.EnsureLabeld`` gives them a zero one). Repeating them
-    follows the paper's code, which lists its healthy scans 10 times. Synthesis hosts carry no label; with an ``organ`` map
-    ``bundle.synthesis.RandSynthLesiond`` paints lesions into its organs, without one into the HU-threshold lungs.
+    follows the paper's code, which lists its healthy scans 10 times. Synthesis hosts carry no label; with an
+    ``organ`` map ``bundle.synthesis.RandSynthLesiond`` paints lesions into its organs, without one into the
+    HU-threshold lungs; an ``axial_range_mm`` limits a host to its lesion-free slab.
     """
 
     def optional(split: str) -> list[dict]:
         try:
-            items = load_decathlon_datalist(str(datalist), True, split, str(dataset_dir))
+            items = load_datalist(datalist, split, dataset_dir)
         except ValueError:  # the datalist has no such list
             return []
         for item in items:
@@ -96,7 +114,7 @@ def training_items(
                 raise ValueError(f"{datalist}: {split} item {item['image']} has a label; these scans have none.")
         return items
 
-    lesion = load_decathlon_datalist(str(datalist), True, "training", str(dataset_dir))
+    lesion = load_datalist(datalist, "training", dataset_dir)
     free = optional("training_lesion_free")
     hosts = optional("training_synthesis_hosts")
     # only what the pipeline reads (descriptive fields differ between lists and would break batch collation); each

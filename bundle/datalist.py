@@ -36,8 +36,9 @@ class Case(NamedTuple):
     label: str | None  # relative to source; None when no lesion mask exists
     region: str
     lesion_type: str | None  # None where not known (or not one of the screened types)
-    lesion_status: str | None  # only for unlabelled scans: "present_unlabelled" or "unknown"
+    lesion_status: str | None  # unlabelled scans: "present_unlabelled", "unknown" or "lesion_free_region"
     organ: str | None = None  # relative to source: a TotalSegmentator organ map on the image's grid
+    axial_range_mm: tuple[float, float] | None = None  # training host: only this head-foot slab (patient z, mm)
 
 
 # The split table: one row per scan, in datalist order. Labelled scans are split by scan, never by slice or patch.
@@ -53,6 +54,10 @@ CASES: tuple[Case, ...] = (
          None, "abdomen", None, "unknown", "example_seg.nii.gz"),
     Case("totalsegmentator_example", "training_synthesis_hosts", "totalsegmentator_example", "example_ct.nii.gz",
          None, "chest", None, "unknown"),
+    # The lesion-free lower thorax of the pancreatic-cancer series (lung bases, above z 385 mm, where the HU lungs
+    # fill 16-27 % of the body area; the tumour is in the pancreas, far below): lung nodules only.
+    Case("pancreas_ct_cb_001_thorax", "training_synthesis_hosts", "tcia_pancreatic_ct_cbct_seg_full_series", "dicom",
+         None, "chest", None, "lesion_free_region", axial_range_mm=(385.0, 500.0)),
     Case("STS_003", "validation", "mirp_sts_sarcoma_ct", "STS_003/nifti/image/image.nii.gz",
          "STS_003/nifti/mask/mask.nii.gz", "extremity", "soft_tissue_sarcoma", None),
     Case("pyradiomics_lung1", "test", "pyradiomics_lung1", "lung1_image.nrrd", "lung1_label.nrrd", "chest",
@@ -128,6 +133,8 @@ def build_datalist(data_root: str | os.PathLike) -> dict:
             item["lesion_type"] = case.lesion_type
         if case.lesion_status is not None:
             item["lesion_status"] = case.lesion_status
+        if case.axial_range_mm is not None:
+            item["axial_range_mm"] = list(case.axial_range_mm)
         item["source"] = case.source
         datalist[case.split].append(item)
     return datalist

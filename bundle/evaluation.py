@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImage
 
+from bundle.data import load_datalist
 from bundle.metrics import flare_dsc_nsd, healthy_scan_is_fp, lesion_detection
 from bundle.writers import atomic_write_json
 
@@ -134,26 +134,18 @@ class LesionEvaluation:
         self._loader = LoadImage(image_only=True, dtype=None)
 
     def _labelled_items(self) -> list[dict[str, Any]]:
-        """Labelled items of the split: ``id``, ``region``, ``lesion_type`` as written, ``label`` made absolute.
-
-        Metadata comes from the raw JSON because load_decathlon_datalist rewrites any value that happens to name an
-        existing path under dataset_dir (e.g. an ``id`` equal to a case folder's name) into an absolute path.
-        """
-        resolved = load_decathlon_datalist(
-            self.datalist, is_segmentation=True, data_list_key=self.split, base_dir=self.dataset_dir
-        )
-        raw = json.loads(self.datalist.read_text())[self.split]
+        """Labelled items of the split: ``id``, ``region``, ``lesion_type`` as written, ``label`` made absolute."""
         items = []
-        for index, (raw_item, item) in enumerate(zip(raw, resolved)):
+        for index, item in enumerate(load_datalist(self.datalist, self.split, self.dataset_dir)):
             if "label" not in item:
                 continue
-            if "id" not in raw_item:
+            if "id" not in item:
                 raise ValueError(f"{self.datalist}: item {index} of split {self.split!r} has a label but no 'id'")
             items.append(
                 {
-                    "id": str(raw_item["id"]),
-                    "region": raw_item.get("region"),
-                    "lesion_type": raw_item.get("lesion_type"),
+                    "id": str(item["id"]),
+                    "region": item.get("region"),
+                    "lesion_type": item.get("lesion_type"),
                     "label": item["label"],
                 }
             )

@@ -9,12 +9,21 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, ScaleIntensityRange, Transform
+from monai.transforms import MapTransform, ScaleIntensityRange, SpatialCrop, Transform
 from scipy import ndimage
 
 from bundle.validation import InvalidScanError, check_ct_volume
 
-__all__ = ["ValidateCTd", "SelectRegiond", "RegionWindowd", "StampTimed", "EnsureLabeld", "HU_WINDOWS", "region_window"]
+__all__ = [
+    "CropAxialRanged",
+    "ValidateCTd",
+    "SelectRegiond",
+    "RegionWindowd",
+    "StampTimed",
+    "EnsureLabeld",
+    "HU_WINDOWS",
+    "region_window",
+]
 
 HU_WINDOWS: dict[str, tuple[float, float]] = {"chest": (-900.0, 650.0), "abdomen": (-175.0, 250.0)}
 """HU windows by body region; every region other than chest uses the abdomen window (method.md 1.3)."""
@@ -160,4 +169,40 @@ class EnsureLabeld(MapTransform):
         for key in self.keys:
             if key not in d:
                 d[key] = torch.zeros_like(d[self.image_key], dtype=torch.uint8)
+        return d
+
+
+class CropAxialRanged(MapTransform):
+    """Crop ``keys`` to the axial slab between two head-foot positions (mm) named by the item's ``range_key``.
+
+    For a training host whose known, unlabelled lesion lies elsewhere: "lesion-free" then means the region far from
+    it (``../shared/data/CATALOGUE.md``). The positions are the RAS z world coordinate (DICOM patient z); put it
+    after ``Orientationd`` (axis 2 superior). Items without ``range_key`` pass unchanged. A MONAI ``SpatialCrop``, so
+    the affine follows.
+    """
+
+    def __init__(self, keys: KeysCollection, range_key: str = "axial_range_mm", allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.range_key = range_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if d.get(self.range_key) is None:
+            return d
+        low, high = sorted(float(v) for v in d[self.range_key])
+        first = d[self.first_key(d)]
+        affine = first.affine.numpy() if isinstance(first, MetaTensor) else np.eye(4)
+        if abs(affine[2, 2]) < 1e-6 or np.abs(affine[2, :2]).max() > 1e-3 * abs(affine[2, 2]):
+            raise ValueError(f"{self.range_key}: axis 2 must be the axial axis (after Orientationd RAS)")
+        z = affine[2, 3] + affine[2, 2] * np.arange(first.shape[-1])
+        inside = np.nonzero((z >= low) & (z <= high))[0]
+        if inside.size == 0:
+            raise ValueError(
+                f"{self.range_key} [{low}, {high}] mm misses the scan (z {z.min():.1f} to {z.max():.1f} mm)"
+            )
+        crop = SpatialCrop(
+            roi_start=[0, 0, int(inside[0])], roi_end=[first.shape[1], first.shape[2], int(inside[-1]) + 1]
+        )
+        for key in self.key_iterator(d):
+            d[key] = crop(d[key])
         return d

@@ -16,7 +16,11 @@ COMMITTED = Path(__file__).resolve().parents[1] / "configs" / "datalist.json"
 
 EXPECTED_SPLITS = {
     "training": ["lidc_idri_0314"],
-    "training_synthesis_hosts": ["totalsegmentator_example_sm", "totalsegmentator_example"],
+    "training_synthesis_hosts": [
+        "totalsegmentator_example_sm",
+        "totalsegmentator_example",
+        "pancreas_ct_cb_001_thorax",
+    ],
     "validation": ["STS_003"],
     "test": ["pyradiomics_lung1", "STS_001", "STS_002", "pancreas_ct_cb_001", "crlm_ct_1004"],
 }
@@ -28,6 +32,7 @@ EXPECTED_CASES = {
     "STS_003": ("extremity", "soft_tissue_sarcoma", None),
     "pyradiomics_lung1": ("chest", "lung_nodule", None),
     "totalsegmentator_example": ("chest", None, "unknown"),
+    "pancreas_ct_cb_001_thorax": ("chest", None, "lesion_free_region"),
     "totalsegmentator_example_sm": ("abdomen", None, "unknown"),
     "pancreas_ct_cb_001": ("abdomen", None, "present_unlabelled"),
     "crlm_ct_1004": ("abdomen", None, "present_unlabelled"),
@@ -124,9 +129,76 @@ def test_training_items_collate_across_lists(shared_data):
 
     items = training_items(COMMITTED, shared_data)
     by_id = {item["id"]: item for item in items}
-    assert set(by_id) == {"lidc_idri_0314", "totalsegmentator_example_sm", "totalsegmentator_example"}
+    assert set(by_id) == {
+        "lidc_idri_0314",
+        "totalsegmentator_example_sm",
+        "totalsegmentator_example",
+        "pancreas_ct_cb_001_thorax",
+    }
     host = by_id["totalsegmentator_example_sm"]
     assert "label" not in host and Path(host["organ"]).is_file() and Path(host["image"]).is_file()
     chest = by_id["totalsegmentator_example"]
     assert "label" not in chest and "organ" not in chest and chest["region"] == "chest"
-    assert all(set(item) <= {"id", "image", "label", "organ", "region"} for item in items)
+    assert all(set(item) <= {"id", "image", "label", "organ", "region", "axial_range_mm"} for item in items)
+    assert by_id["pancreas_ct_cb_001_thorax"]["axial_range_mm"] == [385.0, 500.0]
+
+
+def test_thorax_slab_host_has_lungs_and_ends_above_the_abdomen(shared_data):
+    """The pancreatic-cancer series is a host only above z 385 mm: lungs in every slice of the slab (so synthetic
+    nodules have room) and nothing of the scan below, where its unlabelled tumour lies."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+
+    from bundle.synthesis import hu_organ_masks, spacing_of
+    from bundle.transforms import CropAxialRanged
+
+    item = {"image": str(shared_data / "tcia_pancreatic_ct_cbct_seg_full_series/dicom"), "axial_range_mm": [385, 500]}
+    load = Compose(
+        [
+            LoadImaged("image", reader="ITKReader"),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        ]
+    )
+    full = load(dict(item))["image"]
+    slab = CropAxialRanged("image")(load(dict(item)))["image"]
+    affine = slab.affine.numpy()
+    z = affine[2, 3] + affine[2, 2] * np.arange(slab.shape[-1])
+    assert z.min() >= 385 and z.max() <= 500 and slab.shape[-1] < full.shape[-1] / 2
+    np.testing.assert_array_equal(slab.numpy(), full.numpy()[..., -slab.shape[-1] :])
+    lung = hu_organ_masks(slab[0].numpy(), spacing_of(affine))["lung"]
+    assert lung.any(axis=(0, 1)).all()
+
+
+def test_crop_axial_range_on_a_known_grid():
+    import torch
+    from monai.data import MetaTensor
+
+    from bundle.transforms import CropAxialRanged
+
+    affine = torch.diag(torch.tensor([1.0, 1.0, 3.0, 1.0]))
+    affine[2, 3] = 100.0  # slices at z = 100, 103, ..., 127 mm
+    image = MetaTensor(torch.arange(160.0).reshape(1, 4, 4, 10), affine=affine)
+    label = MetaTensor(torch.ones(1, 4, 4, 10), affine=affine)
+    out = CropAxialRanged(["image", "label"])({"image": image, "label": label, "axial_range_mm": [115, 106]})
+    assert out["image"].shape == out["label"].shape == (1, 4, 4, 4)  # z 106, 109, 112, 115
+    assert float(out["image"].affine[2, 3]) == pytest.approx(106.0)
+    assert torch.equal(out["image"].as_tensor(), image.as_tensor()[..., 2:6])
+    assert CropAxialRanged("image")({"image": image})["image"] is image
+    with pytest.raises(ValueError, match="misses the scan"):
+        CropAxialRanged("image")({"image": image, "axial_range_mm": [200, 300]})
+    tilted = MetaTensor(image.as_tensor(), affine=affine[[0, 2, 1, 3]])
+    with pytest.raises(ValueError, match="axial axis"):
+        CropAxialRanged("image")({"image": tilted, "axial_range_mm": [0, 10]})
+
+
+def test_ids_stay_as_written_even_when_they_name_a_data_folder(shared_data):
+    """`pyradiomics_lung1` is also a folder under the data root: MONAI's loader would turn the id into that path, and
+    outputs named by it would land in the data folder. Every reader of the datalist keeps ids as written."""
+    from bundle.data import list_inputs, load_datalist
+
+    assert (shared_data / "pyradiomics_lung1").is_dir()
+    raw = json.loads(COMMITTED.read_text())
+    for split in EXPECTED_SPLITS:
+        assert [item["id"] for item in load_datalist(COMMITTED, split, shared_data)] == EXPECTED_SPLITS[split]
+        assert all(Path(item["image"]).is_absolute() for item in load_datalist(COMMITTED, split, shared_data))
+    assert [item["id"] for item in list_inputs(COMMITTED, shared_data, "test")] == [i["id"] for i in raw["test"]]

@@ -71,14 +71,18 @@ def test_shipped_model_finds_the_held_out_nodule(tmp_path):
     assert findings["weights"]["status"] == "trained"
     assert findings["weights"]["sha256"] == hashlib.sha256(MODEL.read_bytes()).hexdigest()
     pred = np.asarray(LoadImage(image_only=True)(str(case / "lung1_image_lesion.nii.gz"))) > 0
-    truth = np.asarray(LoadImage(image_only=True, reader="ITKReader")(str(ROOT / "sample_data/lung1/lung1_label.nrrd"))) > 0
+    truth = (
+        np.asarray(LoadImage(image_only=True, reader="ITKReader")(str(ROOT / "sample_data/lung1/lung1_label.nrrd"))) > 0
+    )
     assert pred.shape == truth.shape
     dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
     components, count = ndimage.label(pred)
     hits = set(np.unique(components[truth])) - {0}
     false_positives = count - len(hits)
-    print(f"lung1: Dice {dice:.3f}, {count} components, {false_positives} false positive, "
-          f"keep fraction {findings['glance_focus']['keep_fraction']:.3f}")
+    print(
+        f"lung1: Dice {dice:.3f}, {count} components, {false_positives} false positive, "
+        f"keep fraction {findings['glance_focus']['keep_fraction']:.3f}"
+    )
     assert hits, "the nodule was missed"
     assert dice >= MIN_DICE
     assert false_positives <= MAX_FALSE_POSITIVES
