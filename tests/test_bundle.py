@@ -157,7 +157,8 @@ def test_full_abdominal_series_runs_with_bounded_memory(shared_data, tmp_path):
 def test_evaluate_config_on_known_predictions(shared_data, tmp_path):
     """evaluate.yaml scores predictions equal to the labels as perfect and an empty one as a miss."""
     datalist = json.loads((ROOT / "configs/datalist.json").read_text())
-    labelled = [it for it in datalist["training"] if it.get("label")][:2]
+    labelled = [it for split in ("training", "validation") for it in datalist[split] if it.get("label")][:2]
+    assert len(labelled) == 2
     sub = {"test": labelled}
     (tmp_path / "datalist.json").write_text(json.dumps(sub))
     preds = tmp_path / "preds"
