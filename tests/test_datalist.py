@@ -148,10 +148,11 @@ def test_thorax_slab_host_has_lungs_and_ends_above_the_abdomen(shared_data):
     nodules have room) and nothing of the scan below, where its unlabelled tumour lies."""
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
+    from bundle.data import training_items
     from bundle.synthesis import hu_organ_masks, spacing_of
     from bundle.transforms import CropAxialRanged
 
-    item = {"image": str(shared_data / "tcia_pancreatic_ct_cbct_seg_full_series/dicom"), "axial_range_mm": [385, 500]}
+    (item,) = [i for i in training_items(COMMITTED, shared_data) if i["id"] == "pancreas_ct_cb_001_thorax"]
     load = Compose(
         [
             LoadImaged("image", reader="ITKReader"),
@@ -159,8 +160,9 @@ def test_thorax_slab_host_has_lungs_and_ends_above_the_abdomen(shared_data):
             Orientationd("image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         ]
     )
-    full = load(dict(item))["image"]
-    slab = CropAxialRanged("image")(load(dict(item)))["image"]
+    loaded = load(item)
+    full = loaded["image"]
+    slab = CropAxialRanged("image")(loaded)["image"]
     affine = slab.affine.numpy()
     z = affine[2, 3] + affine[2, 2] * np.arange(slab.shape[-1])
     assert z.min() >= 385 and z.max() <= 500 and slab.shape[-1] < full.shape[-1] / 2

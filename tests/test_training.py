@@ -251,3 +251,36 @@ def test_overfitting_one_lesion_scan(shared_data, tmp_path):
     assert trainer.state.iteration == 60
     assert dice > dice0 + 0.25, (dice0, dice)
     assert p_les - p_free > 0.3, (p_les, p_free)
+
+
+def test_validation_reads_a_synthetic_set_through_the_training_preprocessing(tmp_path, shared_data):
+    """--val_datalist/--val_dataset_dir: a set from `python -m bundle.synthesis` (lung nodule in the whole
+    TotalSegmentator scan, `host_organ` not mistaken for an organ-map file) is what validation screens."""
+    from monai.bundle import ConfigParser
+
+    from bundle import synthesis
+
+    out = tmp_path / "synthetic"
+    synthesis.main(
+        [
+            "--out",
+            str(out),
+            "--count",
+            "1",
+            "--seed",
+            "5",
+            "--source",
+            "totalsegmentator_chest",
+            "--data_root",
+            str(shared_data),
+        ]
+    )
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(shared_data)})
+    parser.update({"val_datalist": str(out / "datalist.json"), "val_dataset_dir": str(out)})
+    dataset = parser.get_parsed_content("validate#dataset")
+    assert [item["id"] for item in dataset.data] == ["synth_0000"]
+    item = dataset[0]
+    assert item["image"].shape == item["label"].shape and item["label"].sum() > 0
+    assert item["region"] == "chest" and "organ" not in item
