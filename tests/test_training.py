@@ -50,7 +50,7 @@ def test_a_few_iterations_write_checkpoints_and_train_both_networks(shared_data,
         ),
     )
     wf.run()
-    n_iter = 2 * math.ceil(3 / 2)  # 3 training scans, 2 per step, 2 epochs
+    n_iter = 2 * math.ceil(4 / 2)  # 4 training scans (1 labelled, 3 synthesis hosts), 2 per step, 2 epochs
     assert trainer.state.iteration == len(terms) == n_iter
     for t in terms:
         assert all(math.isfinite(v) for v in t.values()), t
@@ -114,6 +114,31 @@ def test_resume_restores_iteration_optimisers_schedules_and_old_glance(shared_da
         assert resumed.parser.get_parsed_content(key).last_epoch == saved[key]["last_epoch"] == 2
     resumed.run()
     assert trainer.state.iteration == 4 and trainer.state.epoch == 2
+
+
+def test_init_weights_starts_a_new_stage_from_saved_networks(shared_data, tmp_path):
+    """--init_weights: the networks start from the file; optimisers, schedules and the iteration count start anew."""
+    seeded = _workflow(tmp_path / "a", shared_data)
+    seeded_glance = _params(seeded.parser.get_parsed_content("glance"))
+    saved = {
+        "glance": {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in seeded_glance.items()},
+        "focus": {
+            k: torch.randn_like(v) if v.is_floating_point() else v
+            for k, v in _params(seeded.parser.get_parsed_content("network")).items()
+        },
+        "focus_optimizer": {"not": "read"},  # a training-state checkpoint holds more than the two networks
+    }
+    torch.save(saved, tmp_path / "stage1.pt")
+    staged = _workflow(tmp_path / "b", shared_data, max_epochs=1, init_weights=str(tmp_path / "stage1.pt"))
+    trainer = staged.parser.get_parsed_content("train#trainer")
+    for key, net in (("glance", trainer.glance), ("focus", trainer.network), ("glance", trainer.glance_old)):
+        for name, value in net.state_dict().items():
+            assert torch.equal(value, saved[key][name]), (key, name)
+    assert not torch.equal(next(iter(seeded_glance.values())), next(iter(saved["glance"].values())))
+    assert trainer.state.iteration == 0
+    assert not staged.parser.get_parsed_content("focus_optimizer").state_dict()["state"]
+    staged.run()
+    assert trainer.state.iteration == 2  # 4 training scans (1 labelled + 3 hosts), 2 per step
 
 
 @pytest.mark.parametrize("bad", [{"sync_interval": 0}])
