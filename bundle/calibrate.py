@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from monai.metrics import compute_roc_auc
 from monai.transforms import LoadImage, ResampleToMatch
 from monai.utils import set_determinism
 
@@ -47,7 +48,9 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[bool], target_sen
     """The largest t with window sensitivity (lesion windows with p >= t) >= target, and the figures at t.
 
     The largest such t keeps the fewest windows for Focus; it is always a lesion window's score (the k-th highest,
-    k = ceil(target * lesion windows)), so ties at t are all kept and the sensitivity may exceed the target.
+    k = ceil(target * lesion windows)), so ties at t are all kept and the sensitivity may exceed the target. The
+    window-level ROC AUC (MONAI's ``compute_roc_auc``) says whether Glance ranks lesion windows first at all: a
+    threshold can be found for any scores, a useful one only when the AUC is well above 0.5.
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels, dtype=bool).ravel()
@@ -64,12 +67,18 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[bool], target_sen
     pos_kept = int((positive >= threshold).sum())
     neg_dropped = int((negative < threshold).sum())
     kept = int((scores >= threshold).sum())
+    auc = (
+        float(compute_roc_auc(torch.as_tensor(scores), torch.as_tensor(labels, dtype=torch.long)))
+        if negative.size
+        else None
+    )
     return {
         "threshold": threshold,
         "target_sensitivity": target_sensitivity,
         "sensitivity": pos_kept / positive.size,
         "specificity": neg_dropped / negative.size if negative.size else None,
         "keep_fraction": kept / scores.size,
+        "roc_auc": auc,
         "windows": int(scores.size),
         "windows_kept": kept,
         "lesion_windows": int(positive.size),
@@ -200,6 +209,8 @@ def _summary(record: dict) -> str:
             "kept)",
             f"  specificity   {spec}",
             f"  keep fraction {r['keep_fraction']:.3f} ({r['windows_kept']}/{r['windows']} windows)",
+            "  ROC AUC       "
+            + ("n/a" if r["roc_auc"] is None else f"{r['roc_auc']:.3f} (window ranking; 0.5 is chance)"),
         ]
     )
 

@@ -35,12 +35,14 @@ def test_choose_threshold_known_answers(target, threshold, sensitivity, specific
     assert r["sensitivity"] == sensitivity and r["specificity"] == specificity
     assert r["windows_kept"] == kept and r["keep_fraction"] == kept / 8
     assert (r["windows"], r["lesion_windows"], r["lesion_free_windows"]) == (8, 4, 4)
+    assert r["roc_auc"] == pytest.approx(12 / 16)  # lesion above lesion-free in 12 of the 16 pairs
 
 
 def test_choose_threshold_exact_target_is_not_lost_to_rounding():
     """0.97 * 100 is 97.00000000000001 in floating point: 97 lesion windows must suffice, not 98."""
     r = choose_threshold(np.arange(1, 101) / 100, np.ones(100, bool), 0.97)
     assert r["threshold"] == 0.04 and r["sensitivity"] == 0.97 and r["lesion_windows_kept"] == 97
+    assert r["roc_auc"] is None  # no lesion-free windows to rank against
 
 
 def test_choose_threshold_ties_are_all_kept():
