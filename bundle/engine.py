@@ -19,6 +19,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from bundle.checkpoint import load_weights
 from bundle.grl import grl_loss, hit_reward
 from bundle.inferer import GlanceFocusInferer
 
@@ -95,6 +96,13 @@ class GRLTrainer(SupervisedTrainer):
     def sync_old_glance(self) -> None:
         """Glance_old <- Glance (parameters and buffers)."""
         self.glance_old.load_state_dict(unwrap(self.glance).state_dict())
+
+    def load_networks(self, path: str) -> dict:
+        """Start from saved Glance and Focus weights (``weights_only=True``); Glance_old follows. Optimisers, schedules
+        and the iteration count are untouched: a new training stage, not a resumed run."""
+        status = load_weights(path, unwrap(self.glance), unwrap(self.network))
+        self.sync_old_glance()
+        return status
 
     def _groups(self, n_windows: int) -> torch.Tensor | None:
         if self.windows_per_scan is None:

@@ -131,13 +131,21 @@ def test_init_weights_starts_a_new_stage_from_saved_networks(shared_data, tmp_pa
     torch.save(saved, tmp_path / "stage1.pt")
     staged = _workflow(tmp_path / "b", shared_data, max_epochs=1, init_weights=str(tmp_path / "stage1.pt"))
     trainer = staged.parser.get_parsed_content("train#trainer")
-    for key, net in (("glance", trainer.glance), ("focus", trainer.network), ("glance", trainer.glance_old)):
-        for name, value in net.state_dict().items():
+    at_start = {}
+
+    def record(engine):
+        at_start["nets"] = {k: _params(n) for k, n in (("glance", engine.glance), ("focus", engine.network))}
+        at_start["glance_old"] = _params(engine.glance_old)
+        at_start["iteration"] = engine.state.iteration
+        at_start["optimiser_state"] = staged.parser.get_parsed_content("focus_optimizer").state_dict()["state"]
+
+    trainer.add_event_handler(Events.STARTED, record)
+    staged.run()
+    for key, params in (*at_start["nets"].items(), ("glance", at_start["glance_old"])):
+        for name, value in params.items():
             assert torch.equal(value, saved[key][name]), (key, name)
     assert not torch.equal(next(iter(seeded_glance.values())), next(iter(saved["glance"].values())))
-    assert trainer.state.iteration == 0
-    assert not staged.parser.get_parsed_content("focus_optimizer").state_dict()["state"]
-    staged.run()
+    assert at_start["iteration"] == 0 and not at_start["optimiser_state"]
     assert trainer.state.iteration == 2  # 4 training scans (1 labelled + 3 hosts), 2 per step
 
 
