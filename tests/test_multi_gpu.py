@@ -12,7 +12,21 @@ import torch
 from tests.conftest import ROOT
 
 
+def _networks(seed: int) -> dict:
+    """The small configuration's Glance and Focus weights from torch seed ``seed``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs/train.yaml"), str(ROOT / "configs/small.yaml")])
+    torch.manual_seed(seed)
+    return {
+        k: parser.get_parsed_content(i).state_dict() for k, i in (("glance", "glance_def"), ("focus", "network_def"))
+    }
+
+
 def test_two_process_ddp_training_on_cpu(shared_data, tmp_path):
+    """Also a staged start (--init_weights) under DDP: the run ends next to the file's weights, not a fresh seed's."""
+    torch.save(_networks(123), tmp_path / "stage1.pt")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     configs = "['configs/train.yaml','configs/small.yaml','configs/multi_gpu_train.yaml']"
     cmd = [
@@ -21,6 +35,7 @@ def test_two_process_ddp_training_on_cpu(shared_data, tmp_path):
         "--bundle_root", str(ROOT), "--dataset_dir", str(shared_data),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
         "--roi_size", "[64,64,32]", "--max_epochs", "2", "--val_interval", "2", "--warmup_iterations", "0",
+        "--init_weights", str(tmp_path / "stage1.pt"),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -31,6 +46,13 @@ def test_two_process_ddp_training_on_cpu(shared_data, tmp_path):
     assert not any(k.startswith("module.") for k in state["focus"]) and not any(
         k.startswith("module.") for k in state["glance"]
     )
+    start, other = torch.load(tmp_path / "stage1.pt", weights_only=True), _networks(7)
+    for net in ("glance", "focus"):
+        # learnt weights only: batch-norm running statistics follow every batch
+        weights = [k for k, v in start[net].items() if v.is_floating_point() and "running_" not in k]
+        moved = sum((state[net][k] - start[net][k]).abs().mean() for k in weights)
+        apart = sum((other[net][k] - start[net][k]).abs().mean() for k in weights)
+        assert moved < 0.1 * apart, (net, float(moved), float(apart))
     # only rank 0 logs and writes: one process's TensorBoard files (train and validation), one checkpoint set
     assert len({p.name.split(".")[5] for p in (tmp_path / "runs").glob("events.out.tfevents.*")}) == 1
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
