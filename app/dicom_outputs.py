@@ -11,9 +11,6 @@ import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
-from scipy import ndimage
-
-from bundle.findings import RAS_TO_LPS, label_lesions
 
 __all__ = [
     "SCHEME",
@@ -21,7 +18,6 @@ __all__ = [
     "LESION_COUNT",
     "MAX_PROBABILITY",
     "REGION_CODES",
-    "lesion_label_map",
     "frames_of",
     "build_seg",
     "build_sr",
@@ -52,28 +48,6 @@ def not_for_clinical_use(findings: dict) -> str:
         if untrained
         else "GF-Screen AI lesions, not for clinical use"
     )
-
-
-def lesion_label_map(mask: np.ndarray, affine: np.ndarray, lesions: list[dict]) -> np.ndarray:
-    """Label each connected component of ``mask`` with its lesion number from the findings.
-
-    ``bundle.findings.lesion_findings`` numbers lesions by probability and size; the component a number belongs to is
-    found by recomputing each component's voxel count and centroid exactly as the findings do.
-    """
-    labels, n = label_lesions(mask)
-    out = np.zeros(mask.shape, dtype=np.uint16)
-    by_key = {(les["voxels"], tuple(les["centroid_mm"])): les["number"] for les in lesions}
-    if n != len(lesions):
-        raise ValueError(f"the mask has {n} lesions but the findings list {len(lesions)}.")
-    for i, obj in enumerate(ndimage.find_objects(labels), start=1):
-        comp = labels[obj] == i
-        idx = np.argwhere(comp).mean(axis=0) + [s.start for s in obj]
-        centroid = tuple(round(float(v), 2) for v in RAS_TO_LPS @ (affine[:3, :3] @ idx + affine[:3, 3]))
-        number = by_key.get((int(comp.sum()), centroid))
-        if number is None:
-            raise ValueError(f"component {i} of the mask matches no lesion of the findings.")
-        out[obj][comp] = number
-    return out
 
 
 def frames_of(volume: np.ndarray) -> np.ndarray:

@@ -68,7 +68,6 @@ class BundleModel:
     preprocessing_loaded: Compose
     postprocessing: Compose
     min_extent_mm: float
-    lesion_threshold: float
     version: str
 
 
@@ -175,7 +174,6 @@ def load_bundle(model_path: str | os.PathLike, allow_untrained: bool | None = No
             ]
         ),
         min_extent_mm=validators[0].min_extent_mm if validators else 30.0,
-        lesion_threshold=float(parser.get_parsed_content("lesion_probability_threshold")),
         version=bundle_version(root),
     )
     logger.info(

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from app.cases import Case, RunReport
-from app.dicom_outputs import build_seg, build_sr, lesion_label_map
+from app.dicom_outputs import build_seg, build_sr
 from app.operators import StageOperator
+from bundle.findings import lesion_label_map
 from bundle.writers import atomic_write_json, atomic_write_nifti
 
 __all__ = ["SegWriterOperator", "SRWriterOperator", "FindingsWriterOperator", "SEG_NAME", "SR_NAME", "staging_dir"]

@@ -4,17 +4,22 @@ method.md section 4 makes ``glance_threshold`` a calibrated bundle parameter. Th
 every labelled scan of a datalist split with Glance exactly as inference tiles and scores them (the config's
 preprocessing, the inferer's ``tile`` and ``glance_scores``), calls a window a lesion window when it holds a lesion
 voxel of the label resampled onto the preprocessed grid, and picks the largest threshold that keeps at least the
-target fraction of lesion windows. The scores, the choice and how it was made go to a JSON record; with
-``--write_config`` the ``glance_threshold:`` line of a config is rewritten to the value, with a comment pointing
-at the record. Example (run from the bundle root)::
+target fraction of lesion windows. With ``--lesion_target_sensitivity`` it then screens the same scans with that
+threshold, as inference does, and picks the detection operating point ``lesion_min_score``: the largest minimum
+lesion score (a predicted lesion's highest probability) that still finds the target fraction of the labelled
+lesions, with the false positives per scan it leaves. The scores, the choices and how they were made go to a JSON
+record; with ``--write_config`` the ``glance_threshold:`` (and ``lesion_min_score:``) line of a config is
+rewritten to the value, with a comment pointing at the record. Example (run from the bundle root)::
 
     python -m bundle.calibrate --config_file configs/inference.yaml --config_file configs/small.yaml \\
-        --split validation --target_sensitivity 0.97 --output calibration.json --write_config configs/inference.yaml
+        --split validation --target_sensitivity 0.97 --lesion_target_sensitivity 0.9 --output calibration.json \\
+        --write_config configs/inference.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -22,6 +27,7 @@ import re
 import shlex
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,14 +40,22 @@ from monai.transforms import LoadImage, ResampleToMatch
 from monai.utils import set_determinism
 
 from bundle.data import list_inputs
+from bundle.findings import lesion_label_map
+from bundle.metrics import lesion_scores
 from bundle.writers import atomic_path, atomic_write_json
 
-__all__ = ["choose_threshold", "format_threshold", "main", "rewrite_threshold_line", "window_labels"]
+__all__ = [
+    "choose_lesion_score",
+    "choose_threshold",
+    "format_threshold",
+    "main",
+    "rewrite_threshold_line",
+    "window_labels",
+]
 
 logger = logging.getLogger("gf_screen.calibrate")
 
 DEFAULT_CONFIGS = ("configs/inference.yaml",)
-THRESHOLD_LINE = re.compile(r"^glance_threshold\s*:")
 
 
 def choose_threshold(scores: Sequence[float], labels: Sequence[bool], target_sensitivity: float) -> dict:
@@ -88,6 +102,44 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[bool], target_sen
     }
 
 
+def choose_lesion_score(
+    lesion_scores: Sequence[float], false_positive_scores: Sequence[float], scans: int, target_sensitivity: float
+) -> dict:
+    """The largest minimum lesion score t that finds >= target of the lesions, and the false positives it leaves.
+
+    ``lesion_scores`` holds, per labelled lesion, the highest score of the predicted lesions touching it (0 when
+    none does: missed at any t); ``false_positive_scores`` the scores of predicted lesions touching none. As for the
+    Glance threshold, t is the k-th highest lesion score (k = ceil(target * lesions)); a target that the missed
+    lesions make unreachable is an error naming the sensitivity that can be had.
+    """
+    found = np.asarray(lesion_scores, dtype=np.float64).ravel()
+    false = np.asarray(false_positive_scores, dtype=np.float64).ravel()
+    if found.size == 0:
+        raise ValueError("no labelled lesions: a lesion sensitivity cannot be calibrated without lesions.")
+    if not 0 < target_sensitivity <= 1:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}.")
+    k = math.ceil(round(target_sensitivity * found.size, 9))
+    threshold = float(np.sort(found)[::-1][k - 1])
+    if threshold <= 0:
+        raise ValueError(
+            f"lesion sensitivity {target_sensitivity} is out of reach: {int((found > 0).sum())} of {found.size} "
+            "lesions are found at all at the voxel threshold."
+        )
+    return {
+        "min_score": threshold,
+        "target_sensitivity": target_sensitivity,
+        "sensitivity": float((found >= threshold).mean()),
+        "false_positives_per_scan": float((false >= threshold).sum() / scans),
+        "lesions": int(found.size),
+        "lesions_found": int((found >= threshold).sum()),
+        "scans": int(scans),
+        "without_min_score": {
+            "sensitivity": float((found > 0).mean()),
+            "false_positives_per_scan": float(false.size / scans),
+        },
+    }
+
+
 def window_labels(label: torch.Tensor, slices: Sequence[tuple[slice, ...]]) -> list[bool]:
     """Window i is a lesion window when it holds any lesion voxel of ``label`` (C, *spatial) on the image grid."""
     lesion = label > 0
@@ -101,20 +153,23 @@ def format_threshold(value: float) -> str:
     return text
 
 
-def rewrite_threshold_line(config_file: str | os.PathLike, value: float, comment: str) -> Path:
-    """Set ``glance_threshold:`` in a YAML config, leaving every other line (comments included) as it is.
+def rewrite_threshold_line(
+    config_file: str | os.PathLike, value: float, comment: str, key: str = "glance_threshold"
+) -> Path:
+    """Set ``<key>:`` in a YAML config, leaving every other line (comments included) as it is.
 
     Text surgery rather than a YAML dump, which would drop the comments. Refuses unless the top-level line occurs
     exactly once; the new file replaces the old one atomically (temporary file beside it, then ``os.replace``).
     """
     path = Path(config_file)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    hits = [i for i, line in enumerate(lines) if THRESHOLD_LINE.match(line)]
+    pattern = re.compile(rf"^{re.escape(key)}\s*:")
+    hits = [i for i, line in enumerate(lines) if pattern.match(line)]
     if len(hits) != 1:
-        raise ValueError(f"{path}: expected exactly one top-level 'glance_threshold:' line, found {len(hits)}.")
+        raise ValueError(f"{path}: expected exactly one top-level '{key}:' line, found {len(hits)}.")
     i = hits[0]
     ending = lines[i][len(lines[i].rstrip("\r\n")) :]
-    lines[i] = f"glance_threshold: {format_threshold(value)}  # {comment}{ending}"
+    lines[i] = f"{key}: {format_threshold(value)}  # {comment}{ending}"
     with atomic_path(path, ".tmp") as tmp:
         tmp.write_text("".join(lines), encoding="utf-8", newline="")
         shutil.copymode(path, tmp)
@@ -145,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target_sensitivity", type=float, default=0.97, help="window-level sensitivity to reach (default 0.97)"
     )
+    parser.add_argument(
+        "--lesion_target_sensitivity",
+        type=float,
+        help="also screen the split with the calibrated glance_threshold and pick lesion_min_score, the largest "
+        "minimum lesion score that finds this fraction of the labelled lesions",
+    )
     parser.add_argument("--ckpt_path", help="weights file (default: the config's ckpt_path, models/model.pt)")
     parser.add_argument(
         "--allow_untrained",
@@ -152,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run with seeded random weights when there is no checkpoint; also needed to write such a "
         "(meaningless) threshold into a config",
     )
-    parser.add_argument("--write_config", help="rewrite the glance_threshold line of this YAML config in place")
+    parser.add_argument(
+        "--write_config",
+        help="rewrite the glance_threshold line (and lesion_min_score with --lesion_target_sensitivity) of this YAML "
+        "config in place",
+    )
     parser.add_argument("--output", default="calibration.json", help="JSON record (default: calibration.json)")
     return parser
 
@@ -191,6 +256,53 @@ def _score_split(parser: ConfigParser, items: list[dict]) -> list[dict]:
     return cases
 
 
+def _screen_split(
+    configs: list[str], overrides: dict, datalist: Path, dataset_dir: str, split: str, items: list[dict]
+) -> list[dict]:
+    """Screen the split with the config's own evaluator and score each labelled lesion (see ``lesion_scores``).
+
+    A fresh parser with the calibrated glance_threshold and nothing dropped by lesion_min_score: predictions exactly as
+    inference makes them, written to a temporary folder, read back with the findings that number their lesions.
+    """
+    load = LoadImage(image_only=True, reader="ITKReader")
+    with tempfile.TemporaryDirectory(prefix="gf_calibrate_") as out:
+        parser = ConfigParser()
+        parser.read_config(configs)
+        parser.update(
+            {
+                **overrides,
+                "input_path": str(datalist),
+                "dataset_dir": str(dataset_dir),
+                "split": split,
+                "output_dir": out,
+                "lesion_min_score": "@lesion_probability_threshold",
+            }
+        )
+        set_determinism(seed=parser.get_parsed_content("seed"))
+        parser.get_parsed_content("glance")  # built in main's order: the same seeded weights when untrained
+        parser.get_parsed_content("network")
+        parser.get_parsed_content("evaluator").run()
+        cases = []
+        for item in items:
+            case = Path(out) / item["id"]
+            findings = json.loads((case / f"{item['id']}_findings.json").read_text())
+            pred = load(str(case / f"{item['id']}_lesion.nii.gz"))
+            gt = np.asarray(load(item["label"])) > 0
+            numbers = lesion_label_map(np.asarray(pred) > 0, pred.affine.numpy(), findings["lesions"])
+            scores = {les["number"]: les["max_probability"] for les in findings["lesions"]}
+            found, false_positives = lesion_scores(numbers, scores, gt)
+            logger.info("%s: %d lesion(s), %d false positive(s)", item["id"], len(found), len(false_positives))
+            cases.append(
+                {
+                    "id": item["id"],
+                    "lesion_scores": found,
+                    "false_positive_scores": false_positives,
+                    "keep_fraction": findings["glance_focus"]["keep_fraction"],
+                }
+            )
+    return cases
+
+
 def _summary(record: dict) -> str:
     r = record["result"]
     spec = (
@@ -211,8 +323,23 @@ def _summary(record: dict) -> str:
             f"  keep fraction {r['keep_fraction']:.3f} ({r['windows_kept']}/{r['windows']} windows)",
             "  ROC AUC       "
             + ("n/a" if r["roc_auc"] is None else f"{r['roc_auc']:.3f} (window ranking; 0.5 is chance)"),
+            *_lesion_summary(record.get("lesion_result")),
         ]
     )
+
+
+def _lesion_summary(r: dict | None) -> list[str]:
+    if r is None:
+        return []
+    base = r["without_min_score"]
+    return [
+        f"Lesion operating point, screening with that threshold: {r['lesions']} lesion(s) in {r['scans']} scan(s)",
+        f"  target lesion sensitivity {r['target_sensitivity']}",
+        f"  lesion_min_score {format_threshold(r['min_score'])}",
+        f"  sensitivity   {r['sensitivity']:.3f} ({r['lesions_found']}/{r['lesions']} lesions found)",
+        f"  FP per scan   {r['false_positives_per_scan']:.2f} (without a minimum score: sensitivity "
+        f"{base['sensitivity']:.3f}, {base['false_positives_per_scan']:.2f} FP per scan)",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -244,6 +371,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = choose_threshold(
         [s for c in cases for s in c["scores"]], [lab for c in cases for lab in c["labels"]], args.target_sensitivity
     )
+    lesion_result, screened, lesion_error = None, None, None
+    if args.lesion_target_sensitivity is not None:
+        overrides = {"glance_threshold": result["threshold"], "allow_untrained": args.allow_untrained}
+        if args.ckpt_path:
+            overrides["ckpt_path"] = args.ckpt_path
+        screened = _screen_split(configs, overrides, datalist, dataset_dir, args.split, items)
+        try:
+            lesion_result = choose_lesion_score(
+                [s for c in screened for s in c["lesion_scores"]],
+                [s for c in screened for s in c["false_positive_scores"]],
+                len(screened),
+                args.lesion_target_sensitivity,
+            )
+        except ValueError as error:  # unreachable target: keep the screening's record, write no config
+            lesion_error = str(error)
     now = datetime.now(timezone.utc)
     record = {
         "date": now.isoformat(timespec="seconds"),
@@ -257,12 +399,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "rule": "largest t with (lesion windows with Glance p >= t) / lesion windows >= target_sensitivity; "
         "a lesion window holds a lesion voxel of the label resampled (nearest) onto the preprocessed grid",
         "result": result,
-        "written_to_config": args.write_config,
+        "lesion_rule": None
+        if lesion_result is None
+        else "screen with the calibrated glance_threshold; a labelled lesion's score is the highest max_probability "
+        "of the predicted lesions overlapping it (0 when none does); largest lesion_min_score t with (lesions with "
+        "score >= t) / lesions >= lesion_target_sensitivity",
+        "lesion_result": lesion_result,
+        "lesion_error": lesion_error,
+        "written_to_config": None if lesion_error else args.write_config,
         "cases": cases,
+        "screened_cases": screened,
     }
     print(_summary(record), flush=True)
     atomic_write_json(record, args.output)
     print(f"wrote {args.output}")
+    if lesion_error:
+        raise SystemExit(f"{lesion_error} Nothing written to a config; the screening is in {args.output}.")
     if args.write_config:
         trained_note = "calibrated on UNTRAINED weights" if untrained else "calibrated"
         comment = f"{trained_note}: window sensitivity >= {args.target_sensitivity}, {args.split}, {now.date()}, see "
@@ -276,6 +428,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 flush=True,
             )
         print(f"set glance_threshold: {format_threshold(result['threshold'])} in {args.write_config}")
+        if lesion_result is not None:
+            comment = (
+                f"{trained_note}: lesion sensitivity >= {args.lesion_target_sensitivity}, {args.split}, {now.date()}, "
+                f"see {args.output}"
+            )
+            rewrite_threshold_line(args.write_config, lesion_result["min_score"], comment, key="lesion_min_score")
+            print(f"set lesion_min_score: {format_threshold(lesion_result['min_score'])} in {args.write_config}")
     return record
 
 

@@ -15,7 +15,15 @@ from scipy.spatial.distance import pdist
 
 from bundle.inferer import GlanceFocusInferer
 
-__all__ = ["label_lesions", "longest_axial_diameter_mm", "lesion_findings", "LesionFindingsd", "RAS_TO_LPS"]
+__all__ = [
+    "label_lesions",
+    "lesion_label_map",
+    "longest_axial_diameter_mm",
+    "lesion_findings",
+    "drop_low_score_lesions",
+    "LesionFindingsd",
+    "RAS_TO_LPS",
+]
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 """MONAI affines are RAS; DICOM patient coordinates (what PACS and viewers show) are LPS."""
@@ -28,6 +36,46 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected components of a 3D binary mask."""
     labels, n = ndimage.label(mask, structure=CONNECTIVITY)
     return labels, int(n)
+
+
+def drop_low_score_lesions(lesion_prob: np.ndarray, mask: np.ndarray, min_score: float) -> np.ndarray:
+    """The mask without the lesions (connected components) whose maximum lesion probability is below ``min_score``.
+
+    The voxel threshold decides a lesion's extent, this one whether it is reported at all: a detection operating point
+    (``python -m bundle.calibrate --lesion_target_sensitivity``) that drops weak components whole instead of eroding
+    every lesion, as a higher voxel threshold would.
+    """
+    labels, n = label_lesions(mask)
+    if n == 0:
+        return mask
+    peak = ndimage.maximum(lesion_prob, labels, index=np.arange(1, n + 1))
+    keep = np.concatenate([[False], np.asarray(peak) >= min_score])
+    return keep[labels]
+
+
+def lesion_label_map(mask: np.ndarray, affine: np.ndarray, lesions: list[dict]) -> np.ndarray:
+    """Label each connected component of ``mask`` with its lesion number from the findings.
+
+    ``lesion_findings`` numbers lesions by probability and size; the component a number belongs to is found by
+    recomputing each component's voxel count and centroid exactly as the findings do.
+    """
+    labels, n = label_lesions(mask)
+    out = np.zeros(mask.shape, dtype=np.uint16)
+    by_key = {(les["voxels"], tuple(les["centroid_mm"])): les["number"] for les in lesions}
+    if n != len(lesions):
+        raise ValueError(f"the mask has {n} lesions but the findings list {len(lesions)}.")
+    for i, obj in enumerate(ndimage.find_objects(labels), start=1):
+        comp = labels[obj] == i
+        number = by_key.get((int(comp.sum()), _centroid_lps(comp, obj, affine)))
+        if number is None:
+            raise ValueError(f"component {i} of the mask matches no lesion of the findings.")
+        out[obj][comp] = number
+    return out
+
+
+def _centroid_lps(comp: np.ndarray, obj: tuple[slice, ...], affine: np.ndarray) -> tuple[float, ...]:
+    idx = np.argwhere(comp).mean(axis=0) + [s.start for s in obj]
+    return tuple(round(float(v), 2) for v in RAS_TO_LPS @ (affine[:3, :3] @ idx + affine[:3, 3]))
 
 
 def axial_axis(affine: np.ndarray) -> int:
@@ -64,13 +112,11 @@ def lesion_findings(lesion_prob: np.ndarray, mask: np.ndarray, affine: np.ndarra
     lesions = []
     for i, obj in enumerate(ndimage.find_objects(labels), start=1):
         comp = labels[obj] == i
-        idx = np.argwhere(comp).mean(axis=0) + [s.start for s in obj]
-        centroid_ras = affine[:3, :3] @ idx + affine[:3, 3]
         probs = lesion_prob[obj][comp]
         lesions.append(
             {
                 "voxels": int(comp.sum()),
-                "centroid_mm": [round(float(v), 2) for v in RAS_TO_LPS @ centroid_ras],
+                "centroid_mm": list(_centroid_lps(comp, obj, affine)),
                 "volume_mm3": round(int(comp.sum()) * voxel_mm3, 2),
                 "longest_axial_diameter_mm": round(longest_axial_diameter_mm(comp, affine), 2),
                 "mean_probability": round(float(probs.mean()), 4),
@@ -87,6 +133,8 @@ def lesion_findings(lesion_prob: np.ndarray, mask: np.ndarray, affine: np.ndarra
 class LesionFindingsd(MapTransform):
     """Turn the inverted 2-channel probability map into the lesion mask and the findings of the scan.
 
+    A voxel is lesion when its probability is >= ``threshold``; a lesion is reported when its maximum probability is
+    >= ``min_score`` (the calibrated detection operating point; at or below ``threshold`` it drops nothing).
     ``pred`` becomes the binary mask (uint8, original grid); ``findings`` holds the lesions (method.md 6), the scan's
     suspicion score (maximum lesion probability), the body region and where it came from, the Glance-Focus
     accounting of the inferer and the weights' status, so that output from untrained weights is labelled as such.
@@ -98,6 +146,7 @@ class LesionFindingsd(MapTransform):
         inferer: GlanceFocusInferer,
         weights: dict,
         threshold: float = 0.5,
+        min_score: float = 0.5,
         findings_key: str = "findings",
         region_key: str = "region",
     ) -> None:
@@ -105,6 +154,7 @@ class LesionFindingsd(MapTransform):
         self.inferer = inferer
         self.weights = weights
         self.threshold = threshold
+        self.min_score = min_score
         self.findings_key = findings_key
         self.region_key = region_key
 
@@ -116,7 +166,7 @@ class LesionFindingsd(MapTransform):
             raise ValueError(f"{key}: expected the 2-channel probability MetaTensor after Invertd, got {prob.shape}.")
         affine = prob.affine.numpy()
         lesion_prob = prob[1].numpy().astype(np.float32)
-        mask = lesion_prob >= self.threshold
+        mask = drop_low_score_lesions(lesion_prob, lesion_prob >= self.threshold, self.min_score)
         region = str(d.get(self.region_key, ""))
         lesions = lesion_findings(lesion_prob, mask, affine, region)
         stats = self.inferer.last_stats.as_dict() if self.inferer.last_stats is not None else {}
@@ -127,6 +177,7 @@ class LesionFindingsd(MapTransform):
             "coordinate_system": "DICOM patient coordinates (LPS), mm",
             "suspicion_score": round(float(lesion_prob.max()), 4) if lesion_prob.size else 0.0,
             "lesion_probability_threshold": self.threshold,
+            "lesion_min_score": self.min_score,
             "lesion_count": len(lesions),
             "lesions": lesions,
             "glance_focus": stats,

@@ -8,13 +8,21 @@ is counted per lesion (connected component) and, on lesion-free scans, per scan.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 from surface_distance import compute_surface_dice_at_tolerance, compute_surface_distances
 
-__all__ = ["dice", "nsd", "flare_dsc_nsd", "lesion_detection", "healthy_scan_is_fp", "CONNECTIVITY_TO_RANK"]
+__all__ = [
+    "dice",
+    "nsd",
+    "flare_dsc_nsd",
+    "lesion_detection",
+    "lesion_scores",
+    "healthy_scan_is_fp",
+    "CONNECTIVITY_TO_RANK",
+]
 
 # Voxel neighbourhood -> rank argument of scipy.ndimage.generate_binary_structure(3, rank).
 CONNECTIVITY_TO_RANK = {6: 1, 18: 2, 26: 3}
@@ -134,6 +142,36 @@ def lesion_detection(pred: np.ndarray, gt: np.ndarray, connectivity: int = 26) -
         "pred_components": int(n_pred),
         "false_positives": int(n_pred) - pred_hits,
     }
+
+
+def lesion_scores(
+    pred_labels: np.ndarray, scores: Mapping[int, float], gt: np.ndarray, connectivity: int = 26
+) -> tuple[list[float], list[float]]:
+    """Per ground-truth lesion, the highest score of the predicted lesions overlapping it (0.0 when none does), and
+    the scores of the predicted lesions overlapping no ground-truth lesion (false positives).
+
+    ``pred_labels`` numbers the predicted lesions (0 is background) and ``scores`` maps each number to its score
+    (the findings' ``max_probability``); overlap and connectivity as in :func:`lesion_detection`. The input of a
+    detection operating point: keeping predicted lesions with score >= t finds the lesions with a value >= t.
+    """
+    if connectivity not in CONNECTIVITY_TO_RANK:
+        raise ValueError(f"connectivity must be one of {sorted(CONNECTIVITY_TO_RANK)}, got {connectivity!r}")
+    pred_labels = np.asarray(pred_labels)
+    gt_mask = _as_mask("gt", gt)
+    if pred_labels.shape != gt_mask.shape:
+        raise ValueError(f"pred_labels and gt shapes differ: {pred_labels.shape} vs {gt_mask.shape}")
+    numbers = set(np.unique(pred_labels).tolist()) - {0}
+    if numbers - set(scores):
+        raise ValueError(f"predicted lesions {sorted(numbers - set(scores))} have no score.")
+    structure = ndimage.generate_binary_structure(3, CONNECTIVITY_TO_RANK[connectivity])
+    gt_labels, n_gt = ndimage.label(gt_mask, structure=structure)
+    found, hits = [], set()
+    for i in range(1, n_gt + 1):
+        touching = set(np.unique(pred_labels[gt_labels == i]).tolist()) - {0}
+        hits |= touching
+        found.append(max((float(scores[j]) for j in touching), default=0.0))
+    false_positives = [float(scores[j]) for j in sorted(numbers - hits)]
+    return found, false_positives
 
 
 def healthy_scan_is_fp(pred: np.ndarray, min_voxels: int = 125) -> bool:

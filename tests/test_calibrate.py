@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
-from bundle.calibrate import choose_threshold, main, rewrite_threshold_line
+from bundle.calibrate import choose_lesion_score, choose_threshold, main, rewrite_threshold_line
 from bundle.checkpoint import WeightsError
 from tests.conftest import ROOT
 
@@ -43,6 +43,27 @@ def test_choose_threshold_exact_target_is_not_lost_to_rounding():
     r = choose_threshold(np.arange(1, 101) / 100, np.ones(100, bool), 0.97)
     assert r["threshold"] == 0.04 and r["sensitivity"] == 0.97 and r["lesion_windows_kept"] == 97
     assert r["roc_auc"] is None  # no lesion-free windows to rank against
+
+
+@pytest.mark.parametrize(
+    "target,min_score,found,fp_per_scan",
+    [
+        (0.5, 0.9, 2, 1 / 2),  # 2 of 4 lesions: the second highest lesion score; one false positive (0.95) is left
+        (0.75, 0.6, 3, 3 / 2),  # 3 of 4: the third highest; 0.95, 0.7 and 0.6 are left
+    ],
+)
+def test_choose_lesion_score_known_answers(target, min_score, found, fp_per_scan):
+    r = choose_lesion_score([0.99, 0.6, 0.0, 0.9], [0.95, 0.3, 0.7, 0.6, 0.5], 2, target)
+    assert r["min_score"] == min_score and r["lesions_found"] == found and r["sensitivity"] == found / 4
+    assert r["false_positives_per_scan"] == fp_per_scan
+    assert r["without_min_score"] == {"sensitivity": 3 / 4, "false_positives_per_scan": 5 / 2}
+
+
+def test_choose_lesion_score_refuses_a_target_the_missed_lesions_rule_out():
+    with pytest.raises(ValueError, match="out of reach: 3 of 4"):
+        choose_lesion_score([0.99, 0.6, 0.0, 0.9], [0.5], 1, 1.0)
+    with pytest.raises(ValueError, match="no labelled lesions"):
+        choose_lesion_score([], [0.5], 1, 0.9)
 
 
 def test_choose_threshold_ties_are_all_kept():
@@ -151,3 +172,33 @@ def test_real_calibration_on_the_validation_scan(shared_data, tmp_path, capsys):
     assert parsed.get_parsed_content("glance_threshold") == result["threshold"]
     (line,) = [line for line in config.read_text().splitlines() if line.startswith("glance_threshold:")]
     assert "UNTRAINED" in line and "validation" in line and str(tmp_path / "calibration.json") in line
+
+
+def test_real_lesion_calibration_screens_with_the_calibrated_threshold(shared_data, tmp_path):
+    """--lesion_target_sensitivity: STS_003 screened as inference does, lesion_min_score from its one lesion's score.
+
+    Untrained Focus gives probabilities near 0.5 everywhere; a voxel threshold of 0.2 (a third config) makes the
+    sarcoma part of a predicted lesion, so the plumbing, not the model, is what is checked.
+    """
+    config = tmp_path / "inference.yaml"
+    shutil.copy(INFERENCE, config)
+    low = tmp_path / "low_threshold.yaml"
+    low.write_text("lesion_probability_threshold: 0.2\n")
+    args = _args(shared_data, tmp_path, "--allow_untrained", "--lesion_target_sensitivity", "1.0")
+    args[4:4] = ["--config_file", str(low)]
+    main(args)
+    record = json.loads((tmp_path / "calibration.json").read_text())
+    (screened,) = record["screened_cases"]
+    (case,) = record["cases"]
+    kept = sum(score >= record["result"]["threshold"] for score in case["scores"])
+    assert screened["keep_fraction"] == pytest.approx(kept / len(case["scores"]))  # the calibrated Glance threshold
+    (score,) = screened["lesion_scores"]  # STS_003 holds one sarcoma
+    lesion = record["lesion_result"]
+    assert 0.2 <= score <= 1 and lesion["min_score"] == score and lesion["sensitivity"] == 1.0
+    assert lesion["false_positives_per_scan"] == sum(s >= score for s in screened["false_positive_scores"])
+    parsed = ConfigParser()
+    parsed.read_config([str(config)])
+    assert parsed.get_parsed_content("lesion_min_score") == score
+    assert parsed.get_parsed_content("glance_threshold") == record["result"]["threshold"]
+    (line,) = [line for line in config.read_text().splitlines() if line.startswith("lesion_min_score:")]
+    assert "UNTRAINED" in line and "lesion sensitivity >= 1.0" in line

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from bundle.evaluation import LesionEvaluation
-from bundle.metrics import dice, flare_dsc_nsd, healthy_scan_is_fp, lesion_detection, nsd
+from bundle.metrics import dice, flare_dsc_nsd, healthy_scan_is_fp, lesion_detection, lesion_scores, nsd
 
 SHAPE = (24, 24, 24)
 
@@ -295,3 +295,21 @@ def test_lesion_evaluation_rejects_prediction_on_another_grid(tmp_path):
     evaluation = LesionEvaluation(str(datalist_path), str(data_dir), str(pred_dir), str(tmp_path / "out.json"))
     with pytest.raises(ValueError, match=r"case c1: .*shape"):
         evaluation.run()
+
+
+def test_lesion_scores_best_touching_score_missed_and_false_positives():
+    gt = box((2, 2, 2), (6, 6, 6)) | box((14, 14, 14), (18, 18, 18)) | box((2, 14, 2), (5, 17, 5))
+    pred = np.zeros(SHAPE, dtype=np.uint16)
+    pred[3:5, 3:5, 3:5] = 1  # inside lesion 1
+    pred[5:8, 5:8, 5:8] = 2  # overlaps lesion 1 at one corner voxel: lesion 1 takes the higher score
+    pred[15:17, 15:17, 15:17] = 3  # inside lesion 2
+    pred[20:22, 2:4, 2:4] = 4  # touches nothing
+    pred[10:12, 10:12, 10:12] = 5  # touches nothing
+    scores = {1: 0.7, 2: 0.95, 3: 0.6, 4: 0.99, 5: 0.55}
+    found, false_positives = lesion_scores(pred, scores, gt)
+    assert found == [0.95, 0.0, 0.6]  # ground-truth lesions in scipy's label order; the third is missed
+    assert false_positives == [0.99, 0.55]
+    with pytest.raises(ValueError, match="no score"):
+        lesion_scores(pred, {1: 0.7}, gt)
+    with pytest.raises(ValueError, match="shapes differ"):
+        lesion_scores(pred[:-1], scores, gt)
