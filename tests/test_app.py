@@ -28,7 +28,12 @@ from tests.conftest import ROOT
 
 PATIENT_NAME = "Testperson^Gfscreen"
 PATIENT_ID = "GFS-PID-90817"
-TEST_OVERRIDES = {"glance_threshold": 0.97, "lesion_probability_threshold": 0.98, "focus_batch_size": 1}
+TEST_OVERRIDES = {
+    "glance_threshold": 0.97,
+    "lesion_probability_threshold": 0.98,
+    "lesion_min_score": 0.98,
+    "focus_batch_size": 1,
+}
 
 
 def make_bundle(folder: Path, overrides: dict, weights: bool = True) -> Path:
