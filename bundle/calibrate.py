@@ -4,15 +4,17 @@ method.md section 4 makes ``glance_threshold`` a calibrated bundle parameter. Th
 every labelled scan of a datalist split with Glance exactly as inference tiles and scores them (the config's
 preprocessing, the inferer's ``tile`` and ``glance_scores``), calls a window a lesion window when it holds a lesion
 voxel of the label resampled onto the preprocessed grid, and picks the largest threshold that keeps at least the
-target fraction of lesion windows. With ``--lesion_target_sensitivity`` it then screens the same scans with that
-threshold, as inference does, and picks the detection operating point ``lesion_min_score``: the largest minimum
-lesion score (a predicted lesion's highest probability) that still finds the target fraction of the labelled
-lesions, with the false positives per scan it leaves. The scores, the choices and how they were made go to a JSON
-record; with ``--write_config`` the ``glance_threshold:`` (and ``lesion_min_score:``) line of a config is
-rewritten to the value, with a comment pointing at the record. Example (run from the bundle root)::
+target fraction of lesion windows. With ``--lesion_target_sensitivity`` or ``--lesion_max_fp_per_scan`` it then
+screens the same scans with that threshold, as inference does, and picks the detection operating point
+``lesion_min_score`` (a predicted lesion is reported when its highest probability reaches it): the largest that
+still finds the target fraction of the labelled lesions, or the smallest that leaves at most the given false
+positives per scan; the FROC table (sensitivity at 1/8 to 8 false positives per scan) is printed and recorded.
+The scores, the choices and how they were made go to a JSON record; with ``--write_config`` the
+``glance_threshold:`` (and ``lesion_min_score:``) line of a config is rewritten to the value, with a comment
+pointing at the record. Example (run from the bundle root)::
 
     python -m bundle.calibrate --config_file configs/inference.yaml --config_file configs/small.yaml \\
-        --split validation --target_sensitivity 0.97 --lesion_target_sensitivity 0.9 --output calibration.json \\
+        --split validation --target_sensitivity 0.97 --lesion_max_fp_per_scan 1 --output calibration.json \\
         --write_config configs/inference.yaml
 """
 
@@ -102,41 +104,89 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[bool], target_sen
     }
 
 
+FROC_FP_PER_SCAN = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""False positives per scan at which the FROC table reports sensitivity (the LUNA16 points)."""
+
+
+def min_score_for_fp_budget(
+    false_positive_scores: Sequence[float], other_scores: Sequence[float], budget: float
+) -> float:
+    """The smallest minimum score t that leaves at most ``budget`` false positives (a count, not per scan).
+
+    With more false positives than the budget, t is the smallest observed score above the (budget+1)-th highest
+    false-positive score (just above it if no score lies there); otherwise the smallest observed score.
+    """
+    false = np.sort(np.asarray(false_positive_scores, dtype=np.float64).ravel())[::-1]
+    scores = np.concatenate([false, np.asarray(other_scores, dtype=np.float64).ravel()])
+    scores = scores[scores > 0]
+    allowed = math.floor(round(budget, 9))
+    if false.size <= allowed:
+        return float(scores.min()) if scores.size else 0.0
+    above = scores[scores > false[allowed]]
+    return float(above.min()) if above.size else float(np.nextafter(false[allowed], np.inf))
+
+
 def choose_lesion_score(
-    lesion_scores: Sequence[float], false_positive_scores: Sequence[float], scans: int, target_sensitivity: float
+    lesion_scores: Sequence[float],
+    false_positive_scores: Sequence[float],
+    scans: int,
+    target_sensitivity: float | None = None,
+    max_fp_per_scan: float | None = None,
 ) -> dict:
-    """The largest minimum lesion score t that finds >= target of the lesions, and the false positives it leaves.
+    """The detection operating point: a minimum lesion score t, by a sensitivity target or a false-positive budget.
 
     ``lesion_scores`` holds, per labelled lesion, the highest score of the predicted lesions touching it (0 when
-    none does: missed at any t); ``false_positive_scores`` the scores of predicted lesions touching none. As for the
-    Glance threshold, t is the k-th highest lesion score (k = ceil(target * lesions)); a target that the missed
-    lesions make unreachable is an error naming the sensitivity that can be had.
+    none does: missed at any t); ``false_positive_scores`` the scores of predicted lesions touching none. With
+    ``target_sensitivity``, t is the largest that finds the target fraction (the k-th highest lesion score,
+    k = ceil(target * lesions), as for the Glance threshold); a target that missed lesions rule out is an error. With
+    ``max_fp_per_scan``, t is the smallest that leaves at most that many false positives per scan (the most sensitive
+    point within the budget, as CAD systems are set on their FROC curve). The FROC table (sensitivity at 1/8 to 8
+    false positives per scan) comes with either.
     """
     found = np.asarray(lesion_scores, dtype=np.float64).ravel()
     false = np.asarray(false_positive_scores, dtype=np.float64).ravel()
     if found.size == 0:
         raise ValueError("no labelled lesions: a lesion sensitivity cannot be calibrated without lesions.")
-    if not 0 < target_sensitivity <= 1:
-        raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}.")
-    k = math.ceil(round(target_sensitivity * found.size, 9))
-    threshold = float(np.sort(found)[::-1][k - 1])
-    if threshold <= 0:
-        raise ValueError(
-            f"lesion sensitivity {target_sensitivity} is out of reach: {int((found > 0).sum())} of {found.size} "
-            "lesions are found at all at the voxel threshold."
-        )
+    if (target_sensitivity is None) == (max_fp_per_scan is None):
+        raise ValueError("give exactly one of target_sensitivity and max_fp_per_scan.")
+    if target_sensitivity is not None:
+        if not 0 < target_sensitivity <= 1:
+            raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}.")
+        k = math.ceil(round(target_sensitivity * found.size, 9))
+        threshold = float(np.sort(found)[::-1][k - 1])
+        if threshold <= 0:
+            raise ValueError(
+                f"lesion sensitivity {target_sensitivity} is out of reach: {int((found > 0).sum())} of {found.size} "
+                "lesions are found at all at the voxel threshold."
+            )
+    else:
+        if max_fp_per_scan < 0:
+            raise ValueError(f"max_fp_per_scan must be >= 0, got {max_fp_per_scan}.")
+        threshold = min_score_for_fp_budget(false, found, max_fp_per_scan * scans)
+
+    def sensitivity_at(t: float) -> float:
+        return float(((found >= t) & (found > 0)).mean())
+
     return {
         "min_score": threshold,
         "target_sensitivity": target_sensitivity,
-        "sensitivity": float((found >= threshold).mean()),
+        "max_fp_per_scan": max_fp_per_scan,
+        "sensitivity": sensitivity_at(threshold),
         "false_positives_per_scan": float((false >= threshold).sum() / scans),
         "lesions": int(found.size),
-        "lesions_found": int((found >= threshold).sum()),
+        "lesions_found": int(((found >= threshold) & (found > 0)).sum()),
         "scans": int(scans),
         "without_min_score": {
             "sensitivity": float((found > 0).mean()),
             "false_positives_per_scan": float(false.size / scans),
         },
+        "froc": [
+            {
+                "fp_per_scan": budget,
+                "sensitivity": sensitivity_at(min_score_for_fp_budget(false, found, budget * scans)),
+            }
+            for budget in FROC_FP_PER_SCAN
+        ],
     }
 
 
@@ -200,11 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--target_sensitivity", type=float, default=0.97, help="window-level sensitivity to reach (default 0.97)"
     )
-    parser.add_argument(
+    lesion = parser.add_mutually_exclusive_group()
+    lesion.add_argument(
         "--lesion_target_sensitivity",
         type=float,
         help="also screen the split with the calibrated glance_threshold and pick lesion_min_score, the largest "
         "minimum lesion score that finds this fraction of the labelled lesions",
+    )
+    lesion.add_argument(
+        "--lesion_max_fp_per_scan",
+        type=float,
+        help="as --lesion_target_sensitivity, but pick the smallest lesion_min_score that leaves at most this many "
+        "false positives per scan",
     )
     parser.add_argument("--ckpt_path", help="weights file (default: the config's ckpt_path, models/model.pt)")
     parser.add_argument(
@@ -215,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--write_config",
-        help="rewrite the glance_threshold line (and lesion_min_score with --lesion_target_sensitivity) of this YAML "
-        "config in place",
+        help="rewrite the glance_threshold line (and lesion_min_score with a lesion option) of this YAML config in "
+        "place",
     )
     parser.add_argument("--output", default="calibration.json", help="JSON record (default: calibration.json)")
     return parser
@@ -328,17 +385,44 @@ def _summary(record: dict) -> str:
     )
 
 
+def _lesion_goal(args: argparse.Namespace) -> str:
+    if args.lesion_target_sensitivity is not None:
+        return f"lesion sensitivity >= {args.lesion_target_sensitivity}"
+    return f"<= {args.lesion_max_fp_per_scan} false positives per scan"
+
+
+def _lesion_rule(args: argparse.Namespace) -> str | None:
+    if args.lesion_target_sensitivity is None and args.lesion_max_fp_per_scan is None:
+        return None
+    choice = (
+        "largest lesion_min_score t with (lesions with score >= t) / lesions >= lesion_target_sensitivity"
+        if args.lesion_target_sensitivity is not None
+        else "smallest lesion_min_score t with (false positives with score >= t) / scans <= lesion_max_fp_per_scan"
+    )
+    return (
+        "screen with the calibrated glance_threshold; a labelled lesion's score is the highest max_probability of the "
+        "predicted lesions overlapping it (0 when none does), a false positive's its own max_probability; " + choice
+    )
+
+
 def _lesion_summary(r: dict | None) -> list[str]:
     if r is None:
         return []
     base = r["without_min_score"]
+    goal = (
+        f"target lesion sensitivity {r['target_sensitivity']}"
+        if r["target_sensitivity"] is not None
+        else f"at most {r['max_fp_per_scan']} false positives per scan"
+    )
+    froc = ", ".join(f"{p['fp_per_scan']:g}: {p['sensitivity']:.3f}" for p in r["froc"])
     return [
         f"Lesion operating point, screening with that threshold: {r['lesions']} lesion(s) in {r['scans']} scan(s)",
-        f"  target lesion sensitivity {r['target_sensitivity']}",
+        f"  {goal}",
         f"  lesion_min_score {format_threshold(r['min_score'])}",
         f"  sensitivity   {r['sensitivity']:.3f} ({r['lesions_found']}/{r['lesions']} lesions found)",
         f"  FP per scan   {r['false_positives_per_scan']:.2f} (without a minimum score: sensitivity "
         f"{base['sensitivity']:.3f}, {base['false_positives_per_scan']:.2f} FP per scan)",
+        f"  FROC (FP per scan: sensitivity) {froc}",
     ]
 
 
@@ -372,7 +456,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         [s for c in cases for s in c["scores"]], [lab for c in cases for lab in c["labels"]], args.target_sensitivity
     )
     lesion_result, screened, lesion_error = None, None, None
-    if args.lesion_target_sensitivity is not None:
+    lesion_rule = _lesion_rule(args)
+    if lesion_rule is not None:
         overrides = {"glance_threshold": result["threshold"], "allow_untrained": args.allow_untrained}
         if args.ckpt_path:
             overrides["ckpt_path"] = args.ckpt_path
@@ -382,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 [s for c in screened for s in c["lesion_scores"]],
                 [s for c in screened for s in c["false_positive_scores"]],
                 len(screened),
-                args.lesion_target_sensitivity,
+                target_sensitivity=args.lesion_target_sensitivity,
+                max_fp_per_scan=args.lesion_max_fp_per_scan,
             )
         except ValueError as error:  # unreachable target: keep the screening's record, write no config
             lesion_error = str(error)
@@ -399,11 +485,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "rule": "largest t with (lesion windows with Glance p >= t) / lesion windows >= target_sensitivity; "
         "a lesion window holds a lesion voxel of the label resampled (nearest) onto the preprocessed grid",
         "result": result,
-        "lesion_rule": None
-        if lesion_result is None
-        else "screen with the calibrated glance_threshold; a labelled lesion's score is the highest max_probability "
-        "of the predicted lesions overlapping it (0 when none does); largest lesion_min_score t with (lesions with "
-        "score >= t) / lesions >= lesion_target_sensitivity",
+        "lesion_rule": lesion_rule,
         "lesion_result": lesion_result,
         "lesion_error": lesion_error,
         "written_to_config": None if lesion_error else args.write_config,
@@ -429,10 +511,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             )
         print(f"set glance_threshold: {format_threshold(result['threshold'])} in {args.write_config}")
         if lesion_result is not None:
-            comment = (
-                f"{trained_note}: lesion sensitivity >= {args.lesion_target_sensitivity}, {args.split}, {now.date()}, "
-                f"see {args.output}"
-            )
+            comment = f"{trained_note}: {_lesion_goal(args)}, {args.split}, {now.date()}, see {args.output}"
             rewrite_threshold_line(args.write_config, lesion_result["min_score"], comment, key="lesion_min_score")
             print(f"set lesion_min_score: {format_threshold(lesion_result['min_score'])} in {args.write_config}")
     return record

@@ -66,6 +66,30 @@ def test_choose_lesion_score_refuses_a_target_the_missed_lesions_rule_out():
         choose_lesion_score([], [0.5], 1, 0.9)
 
 
+@pytest.mark.parametrize(
+    "budget,min_score,found,fp_per_scan",
+    [
+        (0.0, 0.99, 1, 0.0),  # no false positive allowed: just above the highest (0.95)
+        (0.5, 0.9, 2, 0.5),  # 1 of the 2 scans' false positives allowed: the next score above 0.7
+        (1.0, 0.7, 2, 1.0),  # 2 allowed: 0.95 and 0.7 stay
+        (4.0, 0.3, 3, 2.5),  # all 5 allowed: the smallest score
+    ],
+)
+def test_choose_lesion_score_by_false_positive_budget(budget, min_score, found, fp_per_scan):
+    r = choose_lesion_score([0.99, 0.6, 0.0, 0.9], [0.95, 0.3, 0.7, 0.6, 0.5], 2, max_fp_per_scan=budget)
+    assert r["min_score"] == min_score and r["lesions_found"] == found
+    assert r["false_positives_per_scan"] == fp_per_scan <= budget
+    froc = {p["fp_per_scan"]: p["sensitivity"] for p in r["froc"]}
+    assert froc == {0.125: 0.25, 0.25: 0.25, 0.5: 0.5, 1.0: 0.5, 2.0: 0.75, 4.0: 0.75, 8.0: 0.75}
+
+
+def test_fp_budget_with_a_lesion_tied_to_a_false_positive_keeps_neither():
+    r = choose_lesion_score([0.9], [0.9], 1, max_fp_per_scan=0)
+    assert r["min_score"] > 0.9 and r["lesions_found"] == 0 and r["false_positives_per_scan"] == 0
+    with pytest.raises(ValueError, match="exactly one"):
+        choose_lesion_score([0.9], [0.9], 1, target_sensitivity=0.5, max_fp_per_scan=1)
+
+
 def test_choose_threshold_ties_are_all_kept():
     """Windows tied at t are all kept (p >= t), so sensitivity may exceed the target."""
     r = choose_threshold([0.7, 0.7, 0.7, 0.2, 0.7, 0.1], [True, True, True, True, False, False], 0.5)
