@@ -164,17 +164,17 @@ def choose_lesion_score(
             raise ValueError(f"max_fp_per_scan must be >= 0, got {max_fp_per_scan}.")
         threshold = min_score_for_fp_budget(false, found, max_fp_per_scan * scans)
 
-    def sensitivity_at(t: float) -> float:
-        return float(((found >= t) & (found > 0)).mean())
+    def found_at(t: float) -> int:
+        return int(((found >= t) & (found > 0)).sum())
 
     return {
         "min_score": threshold,
         "target_sensitivity": target_sensitivity,
         "max_fp_per_scan": max_fp_per_scan,
-        "sensitivity": sensitivity_at(threshold),
+        "sensitivity": found_at(threshold) / found.size,
         "false_positives_per_scan": float((false >= threshold).sum() / scans),
         "lesions": int(found.size),
-        "lesions_found": int(((found >= threshold) & (found > 0)).sum()),
+        "lesions_found": found_at(threshold),
         "scans": int(scans),
         "without_min_score": {
             "sensitivity": float((found > 0).mean()),
@@ -183,7 +183,7 @@ def choose_lesion_score(
         "froc": [
             {
                 "fp_per_scan": budget,
-                "sensitivity": sensitivity_at(min_score_for_fp_budget(false, found, budget * scans)),
+                "sensitivity": found_at(min_score_for_fp_budget(false, found, budget * scans)) / found.size,
             }
             for budget in FROC_FP_PER_SCAN
         ],
@@ -385,10 +385,10 @@ def _summary(record: dict) -> str:
     )
 
 
-def _lesion_goal(args: argparse.Namespace) -> str:
-    if args.lesion_target_sensitivity is not None:
-        return f"lesion sensitivity >= {args.lesion_target_sensitivity}"
-    return f"<= {args.lesion_max_fp_per_scan} false positives per scan"
+def _lesion_goal(target_sensitivity: float | None, max_fp_per_scan: float | None) -> str:
+    if target_sensitivity is not None:
+        return f"lesion sensitivity >= {target_sensitivity}"
+    return f"<= {max_fp_per_scan} false positives per scan"
 
 
 def _lesion_rule(args: argparse.Namespace) -> str | None:
@@ -409,15 +409,10 @@ def _lesion_summary(r: dict | None) -> list[str]:
     if r is None:
         return []
     base = r["without_min_score"]
-    goal = (
-        f"target lesion sensitivity {r['target_sensitivity']}"
-        if r["target_sensitivity"] is not None
-        else f"at most {r['max_fp_per_scan']} false positives per scan"
-    )
     froc = ", ".join(f"{p['fp_per_scan']:g}: {p['sensitivity']:.3f}" for p in r["froc"])
     return [
         f"Lesion operating point, screening with that threshold: {r['lesions']} lesion(s) in {r['scans']} scan(s)",
-        f"  {goal}",
+        f"  goal: {_lesion_goal(r['target_sensitivity'], r['max_fp_per_scan'])}",
         f"  lesion_min_score {format_threshold(r['min_score'])}",
         f"  sensitivity   {r['sensitivity']:.3f} ({r['lesions_found']}/{r['lesions']} lesions found)",
         f"  FP per scan   {r['false_positives_per_scan']:.2f} (without a minimum score: sensitivity "
@@ -511,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             )
         print(f"set glance_threshold: {format_threshold(result['threshold'])} in {args.write_config}")
         if lesion_result is not None:
-            comment = f"{trained_note}: {_lesion_goal(args)}, {args.split}, {now.date()}, see {args.output}"
+            goal = _lesion_goal(args.lesion_target_sensitivity, args.lesion_max_fp_per_scan)
+            comment = f"{trained_note}: {goal}, {args.split}, {now.date()}, see {args.output}"
             rewrite_threshold_line(args.write_config, lesion_result["min_score"], comment, key="lesion_min_score")
             print(f"set lesion_min_score: {format_threshold(lesion_result['min_score'])} in {args.write_config}")
     return record

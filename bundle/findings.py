@@ -42,8 +42,8 @@ def drop_low_score_lesions(lesion_prob: np.ndarray, mask: np.ndarray, min_score:
     """The mask without the lesions (connected components) whose maximum lesion probability is below ``min_score``.
 
     The voxel threshold decides a lesion's extent, this one whether it is reported at all: a detection operating point
-    (``python -m bundle.calibrate --lesion_target_sensitivity``) that drops weak components whole instead of eroding
-    every lesion, as a higher voxel threshold would.
+    (``python -m bundle.calibrate --lesion_max_fp_per_scan`` or ``--lesion_target_sensitivity``) that drops weak
+    components whole instead of eroding every lesion, as a higher voxel threshold would.
     """
     labels, n = label_lesions(mask)
     if n == 0:
