@@ -74,6 +74,29 @@ CASES: tuple[Case, ...] = (
 # fmt: on
 SPLITS = ("training", "training_synthesis_hosts", "validation", "test")
 
+IBSI_SOURCE = "ibsi_sts_sarcoma_ct"
+# The IBSI sarcomas (one scan per patient) are split by rule, not by hand: sorted by tumour volume (cases.tsv,
+# ties by id), in consecutive blocks of five the 1st goes to test, the 3rd to validation (the tuning split: checkpoint
+# choice and calibration) and the rest to training, so every split spans the sizes (17-2333 ml). Fixed before any
+# training on them; `python -m bundle.datalist` rebuilds the same split.
+IBSI_BLOCK = ("test", "training", "validation", "training", "training")
+
+
+def ibsi_cases(data_root: str | os.PathLike) -> tuple[Case, ...]:
+    """The sarcoma cases of ``ibsi_sts_sarcoma_ct/cases.tsv`` with their split (see ``IBSI_BLOCK``)."""
+    table = Path(data_root) / IBSI_SOURCE / "cases.tsv"
+    if not table.exists():
+        raise FileNotFoundError(f"{table} is missing (the IBSI sarcoma set)")
+    rows = [line.split("\t") for line in table.read_text().splitlines()[1:] if line.strip()]
+    columns = table.read_text().splitlines()[0].split("\t")
+    volume = columns.index("mask_ml")
+    ordered = sorted(rows, key=lambda row: (float(row[volume]), row[0]))
+    return tuple(
+        Case(row[0], IBSI_BLOCK[index % len(IBSI_BLOCK)], IBSI_SOURCE, f"{row[0]}/ct.nii.gz", f"{row[0]}/mask_gtv.nii.gz",
+             "extremity", "soft_tissue_sarcoma", None)
+        for index, row in enumerate(ordered)
+    )
+
 
 def _check_header(path: Path) -> None:
     """Cheap readability check from headers only: one DICOM series in a folder, or a 3D image file."""
@@ -110,14 +133,15 @@ def _check_label(image_path: Path, label_path: Path) -> None:
 def build_datalist(data_root: str | os.PathLike) -> dict:
     """Return the datalist for the cases in CASES after checking them under data_root."""
     data_root = Path(data_root)
-    for case in CASES:  # every path first, so an incomplete data root fails fast and names the missing file
+    cases = CASES + ibsi_cases(data_root)
+    for case in cases:  # every path first, so an incomplete data root fails fast and names the missing file
         for relative in (case.image, case.label, case.organ):
             if relative is not None and not (data_root / case.source / relative).exists():
                 raise FileNotFoundError(f"{data_root / case.source / relative} is missing (case {case.id})")
 
     datalist: dict = {"description": DESCRIPTION, "data_root_hint": DATA_ROOT_HINT}
     datalist.update({split: [] for split in SPLITS})
-    for case in CASES:
+    for case in cases:
         image_path = data_root / case.source / case.image
         item = {"id": case.id, "image": f"{case.source}/{case.image}"}
         if case.label is None:

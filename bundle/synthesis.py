@@ -68,6 +68,8 @@ ORGANS: dict[str, Organ] = {
     "pancreas": Organ((7,), (-20.0, 300.0)),  # -20: fat between the lobules and at the edge is not parenchyma
     "lung": Organ((10, 11, 12, 13, 14), (-1000.0, -400.0), noise_from_soft_tissue=True),
     "colon": Organ((20,), (-20.0, 300.0)),  # the colon label includes gas and stool: the wall is the reference
+    # muscle and fat of the body wall and limbs, from HU thresholds (``hu_organ_masks``), not from an organ map
+    "soft_tissue": Organ((), (0.0, 100.0)),
 }
 AORTA_LABEL = 52  # TotalSegmentator v2 "aorta": its attenuation tells an enhanced scan from an unenhanced one
 SOFT_TISSUE_HU = (-50.0, 150.0)
@@ -84,6 +86,9 @@ class LesionType:
     bounds_hu: tuple[float, float]  # the lesion mean always lies here (keeps "host" lesions physical)
     heterogeneity_hu: tuple[float, float]  # std of the smooth internal texture
     diameter_mm: tuple[float, float]  # longest diameter, before intersecting with the requested range
+    edge_contact_prob: float = 0.0  # chance that the lesion is placed against the organ's edge (pleura, mediastinum)
+    necrosis_prob: float = 0.0  # chance of a low-attenuation necrotic centre
+    necrosis_hu: tuple[float, float] = (0.0, 0.0)  # absolute HU of the necrotic centre
 
 
 # fmt: off
@@ -104,6 +109,14 @@ LESION_TYPES: dict[str, LesionType] = {
                                     (5.0, 15.0), (3.0, 30.0)),
     "lung_nodule_subsolid": LesionType("lung", "absolute", (-750.0, -300.0), (-750.0, -300.0), (-750.0, -300.0),
                                        (10.0, 40.0), (5.0, 30.0)),
+    # large solid lung masses, half of them against the pleura or the mediastinum, half with a necrotic centre
+    "lung_mass": LesionType("lung", "absolute", (25.0, 70.0), (25.0, 50.0), (20.0, 70.0),
+                            (8.0, 20.0), (30.0, 70.0), edge_contact_prob=0.5, necrosis_prob=0.5,
+                            necrosis_hu=(-10.0, 20.0)),
+    # soft-tissue masses (sarcoma-like) in the muscle and fat of the body wall and limbs
+    "soft_tissue_mass": LesionType("soft_tissue", "absolute", (30.0, 70.0), (25.0, 50.0), (20.0, 70.0),
+                                   (6.0, 15.0), (20.0, 80.0), edge_contact_prob=0.3, necrosis_prob=0.4,
+                                   necrosis_hu=(0.0, 25.0)),
 }
 # fmt: on
 PHASES = ("enhanced", "unenhanced")
@@ -125,7 +138,7 @@ def spacing_of(affine: np.ndarray) -> np.ndarray:
 
 def organ_masks_from_map(organ_map: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean host masks from a TotalSegmentator v2 label map (3D); organs absent from the map are left out."""
-    masks = {name: np.isin(organ_map, organ.labels) for name, organ in ORGANS.items()}
+    masks = {name: np.isin(organ_map, organ.labels) for name, organ in ORGANS.items() if organ.labels}
     return {name: mask for name, mask in masks.items() if mask.any()}
 
 
@@ -155,7 +168,32 @@ def hu_organ_masks(hu: np.ndarray, spacing: Sequence[float], min_lung_ml: float 
     masks = {"body": body}
     if lung.any():
         masks["lung"] = lung
+    soft = soft_tissue_mask(hu, body, lung, spacing)
+    if soft.any():
+        masks["soft_tissue"] = soft
     return masks
+
+
+def soft_tissue_mask(
+    hu: np.ndarray, body: np.ndarray, lung: np.ndarray, spacing: Sequence[float], depth_mm: tuple[float, float] = (4.0, 45.0)
+) -> np.ndarray:
+    """Muscle and fat (-150 to 120 HU) of the body wall or limb: between ``depth_mm`` below the skin, away from bone
+    (> 200 HU, 4 mm around it) and lung (4 mm around it). Where soft-tissue masses such as sarcomas grow."""
+    depth = _coarse_distance_mm(body, spacing)
+    soft = body & (depth >= depth_mm[0]) & (depth <= depth_mm[1]) & (hu > -150) & (hu < 120)
+    keep_out = (hu > 200) | lung
+    if keep_out.any():
+        soft &= _coarse_distance_mm(~keep_out, spacing) > 4.0
+    return ndimage.binary_opening(soft, iterations=2)
+
+
+def _coarse_distance_mm(mask: np.ndarray, spacing: Sequence[float], step: int = 3) -> np.ndarray:
+    """Distance (mm) to the nearest voxel outside ``mask``, on a grid ``step`` times coarser in-plane, repeated back
+    to full size: a host mask needs millimetres, not sub-voxel accuracy, and this is ~10x faster on whole scans."""
+    coarse = mask[::step, ::step, :]
+    distance = ndimage.distance_transform_edt(coarse, sampling=np.asarray(spacing, float) * [step, step, 1])
+    full = np.repeat(np.repeat(distance, step, axis=0), step, axis=1)
+    return full[: mask.shape[0], : mask.shape[1]]
 
 
 def contrast_phase(hu: np.ndarray, organ_map: np.ndarray | None) -> str:
@@ -282,7 +320,7 @@ def synthesize_lesion(
     hosts: Mapping[str, np.ndarray],
     rng: np.random.Generator,
     lesion_types: Sequence[str] | None = None,
-    diameter_mm: tuple[float, float] = (3.0, 50.0),
+    diameter_mm: tuple[float, float] = (3.0, 80.0),
     margin_mm: float = 3.0,
     phase: str = "enhanced",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
@@ -339,6 +377,11 @@ def _paint(
     if diameter < d_lo:
         raise NoRoomError(f"{name}: the {spec.organ} is too thin for a {d_lo:g} mm lesion")
     candidates = np.argwhere(depth >= diameter / 2.0 + margin_mm / 2.0)
+    edge_contact = spec.edge_contact_prob > 0 and rng.random() < spec.edge_contact_prob
+    if edge_contact:  # centre closer to the organ's edge than the radius: the edge cuts the lesion flat
+        near_edge = np.argwhere((depth >= max(0.4 * diameter / 2.0, margin_mm)) & (depth <= 0.8 * diameter / 2.0))
+        edge_contact = len(near_edge) > 0
+        candidates = near_edge if edge_contact else candidates
     centre = candidates[int(rng.integers(len(candidates)))] + np.array([s.start for s in found])
 
     # statistics in a box of STATS_REACH_MM around the centre: local, and cheap on large scans
@@ -375,6 +418,11 @@ def _paint(
         + heterogeneity * unit_noise(box_shape, texture_sigma, rng)
         + noise_std * unit_noise(box_shape, stats["noise_sigma_voxels"], rng)
     )
+    necrotic = spec.necrosis_prob > 0 and rng.random() < spec.necrosis_prob
+    if necrotic:  # a low-attenuation centre inside a viable rim of 25-45 % of the radius, with a 3 mm transition
+        rim = rng.uniform(0.25, 0.45) * diameter / 2.0
+        core = np.clip((distance - rim) / 3.0, 0.0, 1.0).astype(np.float32)
+        lesion = lesion + core * (float(rng.uniform(*spec.necrosis_hu)) - mean_hu)
     original = hu[box].astype(np.float32)
     out = hu.astype(np.float32, copy=True)
     out[box] = original + weight * (lesion - original)
@@ -393,6 +441,8 @@ def _paint(
         "heterogeneity_hu": round(heterogeneity, 2),
         "margin_mm": margin_mm,
         "phase": phase,
+        "edge_contact": bool(edge_contact),
+        "necrotic_centre": bool(necrotic),
     }
     return out, mask, info
 
@@ -400,7 +450,9 @@ def _paint(
 def host_masks(hu: np.ndarray, affine: np.ndarray, organ_map: np.ndarray | None) -> dict[str, np.ndarray]:
     """Host masks: from the organ map when there is one, else body and lungs from HU thresholds."""
     if organ_map is not None:
-        return organ_masks_from_map(np.asarray(organ_map))
+        masks = organ_masks_from_map(np.asarray(organ_map))
+        soft = hu_organ_masks(hu, spacing_of(affine)).get("soft_tissue")
+        return masks if soft is None else {**masks, "soft_tissue": soft}
     return hu_organ_masks(hu, spacing_of(affine))
 
 
@@ -423,7 +475,7 @@ class RandSynthLesiond(RandomizableTransform, MapTransform):
         organ_key: str | None = "organ",
         prob: float = 0.5,
         lesion_types: Sequence[str] | None = None,
-        diameter_mm: tuple[float, float] = (3.0, 50.0),
+        diameter_mm: tuple[float, float] = (3.0, 80.0),
         margin_mm: float = 3.0,
         phase: str = "auto",
         max_lesions: int = 1,
@@ -545,7 +597,7 @@ def make_synthetic_set(
     sources: Sequence[str] = ("totalsegmentator", "lung1"),
     data_root: str | os.PathLike = "../shared/data",
     lesion_types: Sequence[str] | None = None,
-    diameter_mm: tuple[float, float] = (3.0, 50.0),
+    diameter_mm: tuple[float, float] = (3.0, 80.0),
     margin_mm: float = 3.0,
 ) -> dict:
     """Write ``count`` synthetic cases (image, mask NIfTI) and ``datalist.json`` under ``out_dir``; return the list.
@@ -643,7 +695,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_root", type=Path, default=Path("../shared/data"), help="shared data folder")
     parser.add_argument("--lesion_type", action="append", choices=sorted(LESION_TYPES), help="repeatable")
     parser.add_argument("--min_diameter_mm", type=float, default=3.0)
-    parser.add_argument("--max_diameter_mm", type=float, default=50.0)
+    parser.add_argument("--max_diameter_mm", type=float, default=80.0)
     parser.add_argument("--margin_mm", type=float, default=3.0, help="soft margin width (weight 0 to 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
