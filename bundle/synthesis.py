@@ -88,7 +88,7 @@ class LesionType:
     diameter_mm: tuple[float, float]  # longest diameter, before intersecting with the requested range
     edge_contact_prob: float = 0.0  # chance that the lesion is placed against the organ's edge (pleura, mediastinum)
     necrosis_prob: float = 0.0  # chance of a low-attenuation necrotic centre
-    necrosis_hu: tuple[float, float] = (0.0, 0.0)  # absolute HU of the necrotic centre
+    necrosis_drop_hu: tuple[float, float] = (0.0, 0.0)  # the necrotic centre is this much below the lesion mean
 
 
 # fmt: off
@@ -112,11 +112,11 @@ LESION_TYPES: dict[str, LesionType] = {
     # large solid lung masses, half of them against the pleura or the mediastinum, half with a necrotic centre
     "lung_mass": LesionType("lung", "absolute", (25.0, 70.0), (25.0, 50.0), (20.0, 70.0),
                             (8.0, 20.0), (30.0, 70.0), edge_contact_prob=0.5, necrosis_prob=0.5,
-                            necrosis_hu=(-10.0, 20.0)),
+                            necrosis_drop_hu=(25.0, 50.0)),
     # soft-tissue masses (sarcoma-like) in the muscle and fat of the body wall and limbs
     "soft_tissue_mass": LesionType("soft_tissue", "absolute", (30.0, 70.0), (25.0, 50.0), (20.0, 70.0),
                                    (6.0, 15.0), (20.0, 80.0), edge_contact_prob=0.3, necrosis_prob=0.4,
-                                   necrosis_hu=(0.0, 25.0)),
+                                   necrosis_drop_hu=(25.0, 45.0)),
 }
 # fmt: on
 PHASES = ("enhanced", "unenhanced")
@@ -410,6 +410,8 @@ def _paint(
     displacement *= DEFORMATION * longest / max(float(np.linalg.norm(displacement, axis=0).max()), 1e-6)
     distance = lesion_signed_distance(box_shape, centre - lo, affine[:3, :3], semi_axes, rotation, displacement)
     weight = blend_weight(distance, margin_mm) * host[box]
+    inside = weight >= 0.5  # where the host's edge cuts the lesion, its margin band goes too
+    weight *= inside | (ndimage.distance_transform_edt(~inside, sampling=spacing) < margin_mm / 2.0)
 
     noise_std = float(stats["noise_std"])
     texture_sigma = TEXTURE_SCALE_MM / spacing
@@ -419,10 +421,10 @@ def _paint(
         + noise_std * unit_noise(box_shape, stats["noise_sigma_voxels"], rng)
     )
     necrotic = spec.necrosis_prob > 0 and rng.random() < spec.necrosis_prob
-    if necrotic:  # a low-attenuation centre inside a viable rim of 25-45 % of the radius, with a 3 mm transition
-        rim = rng.uniform(0.25, 0.45) * diameter / 2.0
+    if necrotic:  # a low-attenuation centre inside a viable rim of 30-60 % of the lesion's depth, 3 mm transition
+        rim = rng.uniform(0.3, 0.6) * float(distance.max())
         core = np.clip((distance - rim) / 3.0, 0.0, 1.0).astype(np.float32)
-        lesion = lesion + core * (float(rng.uniform(*spec.necrosis_hu)) - mean_hu)
+        lesion = lesion - core * float(rng.uniform(*spec.necrosis_drop_hu))
     original = hu[box].astype(np.float32)
     out = hu.astype(np.float32, copy=True)
     out[box] = original + weight * (lesion - original)

@@ -14,15 +14,21 @@ from bundle.datalist import build_datalist, main
 
 COMMITTED = Path(__file__).resolve().parents[1] / "configs" / "datalist.json"
 
+# The split, written down before any training on the IBSI sarcomas (bundle.datalist.IBSI_BLOCK's volume-ordered rule).
+IBSI_TRAINING = ["STS_025", "STS_035", "STS_041", "STS_015", "STS_018", "STS_050", "STS_051", "STS_023", "STS_028",
+                 "STS_004", "STS_036", "STS_048", "STS_033", "STS_014", "STS_031", "STS_005", "STS_044", "STS_039",
+                 "STS_037", "STS_046", "STS_022", "STS_027", "STS_009", "STS_020"]  # fmt: skip
+IBSI_TUNING = ["STS_042", "STS_032", "STS_047", "STS_030", "STS_040", "STS_016", "STS_017", "STS_049"]
+IBSI_TEST = ["STS_019", "STS_012", "STS_043", "STS_006", "STS_026", "STS_034", "STS_011", "STS_021"]
 EXPECTED_SPLITS = {
-    "training": ["lidc_idri_0314"],
+    "training": ["lidc_idri_0314", *IBSI_TRAINING],
     "training_synthesis_hosts": [
         "totalsegmentator_example_sm",
         "totalsegmentator_example",
         "pancreas_ct_cb_001_thorax",
     ],
-    "validation": ["STS_003"],
-    "test": ["pyradiomics_lung1", "STS_001", "STS_002", "pancreas_ct_cb_001", "crlm_ct_1004"],
+    "validation": ["STS_003", *IBSI_TUNING],
+    "test": ["pyradiomics_lung1", "STS_001", "STS_002", "pancreas_ct_cb_001", "crlm_ct_1004", *IBSI_TEST],
 }
 # id: (region, lesion_type, lesion_status); a lesion_status is given exactly when there is no label.
 EXPECTED_CASES = {
@@ -36,6 +42,7 @@ EXPECTED_CASES = {
     "totalsegmentator_example_sm": ("abdomen", None, "unknown"),
     "pancreas_ct_cb_001": ("abdomen", None, "present_unlabelled"),
     "crlm_ct_1004": ("abdomen", None, "present_unlabelled"),
+    **{case: ("extremity", "soft_tissue_sarcoma", None) for case in IBSI_TRAINING + IBSI_TUNING + IBSI_TEST},
 }
 
 
@@ -65,6 +72,20 @@ def test_regions_and_lesion_information(datalist):
         assert item["image"].split("/")[0] == item["source"]
         # only the abdominal synthesis host carries an organ map, on its image's grid (checked by the builder)
         assert ("organ" in item) == (item["id"] == "totalsegmentator_example_sm")
+
+
+def test_split_by_patient_with_the_test_split_the_issue_asks_for(shared_data, datalist):
+    """Every IBSI case in exactly one split; test holds lung1 and at least 8 sarcomas; each split spans the volumes."""
+    ids = [item["id"] for split in ("training", "validation", "test") for item in datalist[split]]
+    assert len(ids) == len(set(ids))
+    table = (shared_data / "ibsi_sts_sarcoma_ct" / "cases.tsv").read_text().splitlines()
+    volume = {row.split("\t")[0]: float(row.split("\t")[6]) for row in table[1:]}
+    assert set(volume) == set(IBSI_TRAINING + IBSI_TUNING + IBSI_TEST)
+    test = [item for item in datalist["test"] if item.get("lesion_type") == "soft_tissue_sarcoma"]
+    assert len(test) >= 8 and "pyradiomics_lung1" in ids
+    for split in (IBSI_TRAINING, IBSI_TUNING, IBSI_TEST):
+        sizes = sorted(volume[case] for case in split)
+        assert sizes[0] < 60 and sizes[-1] > 800  # small and large tumours in every split
 
 
 def test_paths_are_relative_and_exist(shared_data, datalist):
@@ -130,6 +151,7 @@ def test_training_items_collate_across_lists(shared_data):
     items = training_items(COMMITTED, shared_data)
     by_id = {item["id"]: item for item in items}
     assert set(by_id) == {
+        *IBSI_TRAINING,
         "lidc_idri_0314",
         "totalsegmentator_example_sm",
         "totalsegmentator_example",
