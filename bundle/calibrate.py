@@ -6,7 +6,7 @@ preprocessing, the inferer's ``tile`` and ``glance_scores``), calls a window a l
 voxel of the label resampled onto the preprocessed grid, and picks the largest threshold that keeps at least the
 target fraction of lesion windows. With ``--lesion_target_sensitivity`` or ``--lesion_max_fp_per_scan`` it then
 screens the same scans with that threshold, as inference does, and picks the detection operating point
-``lesion_min_score`` (a predicted lesion is reported when its highest probability reaches it): the largest that
+``lesion_min_score`` (a predicted lesion is reported when its ``lesion_score`` reaches it): the largest that
 still finds the target fraction of the labelled lesions, or the smallest that leaves at most the given false
 positives per scan; the FROC table (sensitivity at 1/8 to 8 false positives per scan) is printed and recorded.
 The scores, the choices and how they were made go to a JSON record; with ``--write_config`` the
@@ -43,7 +43,7 @@ from monai.utils import set_determinism
 
 from bundle.data import list_inputs
 from bundle.findings import lesion_label_map
-from bundle.metrics import lesion_scores
+from bundle.metrics import froc, lesion_scores, min_score_for_fp_budget
 from bundle.writers import atomic_path, atomic_write_json
 
 __all__ = [
@@ -104,28 +104,6 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[bool], target_sen
     }
 
 
-FROC_FP_PER_SCAN = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-"""False positives per scan at which the FROC table reports sensitivity (the LUNA16 points)."""
-
-
-def min_score_for_fp_budget(
-    false_positive_scores: Sequence[float], other_scores: Sequence[float], budget: float
-) -> float:
-    """The smallest minimum score t that leaves at most ``budget`` false positives (a count, not per scan).
-
-    With more false positives than the budget, t is the smallest observed score above the (budget+1)-th highest
-    false-positive score (just above it if no score lies there); otherwise the smallest observed score.
-    """
-    false = np.sort(np.asarray(false_positive_scores, dtype=np.float64).ravel())[::-1]
-    scores = np.concatenate([false, np.asarray(other_scores, dtype=np.float64).ravel()])
-    scores = scores[scores > 0]
-    allowed = math.floor(round(budget, 9))
-    if false.size <= allowed:
-        return float(scores.min()) if scores.size else 0.0
-    above = scores[scores > false[allowed]]
-    return float(above.min()) if above.size else float(np.nextafter(false[allowed], np.inf))
-
-
 def choose_lesion_score(
     lesion_scores: Sequence[float],
     false_positive_scores: Sequence[float],
@@ -167,6 +145,8 @@ def choose_lesion_score(
     def found_at(t: float) -> int:
         return int(((found >= t) & (found > 0)).sum())
 
+    kept, dropped = found[(found >= threshold) & (found > 0)], false[false < threshold]
+
     return {
         "min_score": threshold,
         "target_sensitivity": target_sensitivity,
@@ -176,17 +156,14 @@ def choose_lesion_score(
         "lesions": int(found.size),
         "lesions_found": found_at(threshold),
         "scans": int(scans),
+        # the margin on each side of the operating point: how far a new scan's scores may move before it matters
+        "nearest_kept_lesion_score": float(kept.min()) if kept.size else None,
+        "nearest_dropped_false_positive_score": float(dropped.max()) if dropped.size else None,
         "without_min_score": {
             "sensitivity": float((found > 0).mean()),
             "false_positives_per_scan": float(false.size / scans),
         },
-        "froc": [
-            {
-                "fp_per_scan": budget,
-                "sensitivity": found_at(min_score_for_fp_budget(false, found, budget * scans)) / found.size,
-            }
-            for budget in FROC_FP_PER_SCAN
-        ],
+        "froc": froc(found, false, scans),
     }
 
 
@@ -339,6 +316,7 @@ def _screen_split(
         parser.get_parsed_content("glance")  # built in main's order: the same seeded weights when untrained
         parser.get_parsed_content("network")
         parser.get_parsed_content("evaluator").run()
+        score = parser.get_parsed_content("lesion_score")
         cases = []
         for item in items:
             case = Path(out) / item["id"]
@@ -346,7 +324,7 @@ def _screen_split(
             pred = load(str(case / f"{item['id']}_lesion.nii.gz"))
             gt = np.asarray(load(item["label"])) > 0
             numbers = lesion_label_map(np.asarray(pred) > 0, pred.affine.numpy(), findings["lesions"])
-            scores = {les["number"]: les["max_probability"] for les in findings["lesions"]}
+            scores = {les["number"]: les[score] for les in findings["lesions"]}
             found, false_positives = lesion_scores(numbers, scores, gt)
             logger.info("%s: %d lesion(s), %d false positive(s)", item["id"], len(found), len(false_positives))
             cases.append(
@@ -400,9 +378,14 @@ def _lesion_rule(args: argparse.Namespace) -> str | None:
         else "smallest lesion_min_score t with (false positives with score >= t) / scans <= lesion_max_fp_per_scan"
     )
     return (
-        "screen with the calibrated glance_threshold; a labelled lesion's score is the highest max_probability of the "
-        "predicted lesions overlapping it (0 when none does), a false positive's its own max_probability; " + choice
+        "screen with the calibrated glance_threshold; a labelled lesion's score is the highest lesion_score (the "
+        "config's: max_probability or mean_probability) of the predicted lesions overlapping it (0 when none does), a "
+        "false positive's its own; " + choice
     )
+
+
+def _score_text(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
 
 
 def _lesion_summary(r: dict | None) -> list[str]:
@@ -417,6 +400,8 @@ def _lesion_summary(r: dict | None) -> list[str]:
         f"  sensitivity   {r['sensitivity']:.3f} ({r['lesions_found']}/{r['lesions']} lesions found)",
         f"  FP per scan   {r['false_positives_per_scan']:.2f} (without a minimum score: sensitivity "
         f"{base['sensitivity']:.3f}, {base['false_positives_per_scan']:.2f} FP per scan)",
+        f"  margin        nearest kept lesion {_score_text(r['nearest_kept_lesion_score'])}, nearest dropped false "
+        f"positive {_score_text(r['nearest_dropped_false_positive_score'])}",
         f"  FROC (FP per scan: sensitivity) {froc}",
     ]
 

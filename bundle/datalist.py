@@ -92,8 +92,16 @@ def ibsi_cases(data_root: str | os.PathLike) -> tuple[Case, ...]:
     volume = columns.index("mask_ml")
     ordered = sorted(rows, key=lambda row: (float(row[volume]), row[0]))
     return tuple(
-        Case(row[0], IBSI_BLOCK[index % len(IBSI_BLOCK)], IBSI_SOURCE, f"{row[0]}/ct.nii.gz", f"{row[0]}/mask_gtv.nii.gz",
-             "extremity", "soft_tissue_sarcoma", None)
+        Case(
+            row[0],
+            IBSI_BLOCK[index % len(IBSI_BLOCK)],
+            IBSI_SOURCE,
+            f"{row[0]}/ct.nii.gz",
+            f"{row[0]}/mask_gtv.nii.gz",
+            "extremity",
+            "soft_tissue_sarcoma",
+            None,
+        )
         for index, row in enumerate(ordered)
     )
 

@@ -24,7 +24,8 @@ import numpy as np
 from monai.transforms import LoadImage
 
 from bundle.data import load_datalist
-from bundle.metrics import flare_dsc_nsd, healthy_scan_is_fp, lesion_detection
+from bundle.findings import label_lesions, lesion_label_map
+from bundle.metrics import flare_dsc_nsd, froc, healthy_scan_is_fp, lesion_detection, lesion_scores
 from bundle.writers import atomic_write_json
 
 __all__ = ["LesionEvaluation", "summarise"]
@@ -112,6 +113,9 @@ class LesionEvaluation:
         split: data list key to evaluate.
         tolerance_mm: NSD tolerance.
         healthy_fp_voxels: a lesion-free scan is a false positive when more voxels than this are predicted.
+        min_score: the detection operating point applied to the written predictions: predicted lesions scoring below
+            it are dropped before every metric (a no-op when inference already applied the same value; predictions
+            written with nothing dropped then give the whole FROC curve).
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class LesionEvaluation:
         split: str = "test",
         tolerance_mm: float = 2.0,
         healthy_fp_voxels: int = 125,
+        min_score: float | None = None,
     ) -> None:
         self.datalist = Path(datalist)
         self.dataset_dir = Path(dataset_dir)
@@ -132,6 +137,7 @@ class LesionEvaluation:
         self.tolerance_mm = float(tolerance_mm)
         self.healthy_fp_voxels = int(healthy_fp_voxels)
         self._loader = LoadImage(image_only=True, dtype=None)
+        self.min_score = None if min_score is None else float(min_score)
 
     def _labelled_items(self) -> list[dict[str, Any]]:
         """Labelled items of the split: ``id``, ``region``, ``lesion_type`` as written, ``label`` made absolute."""
@@ -153,17 +159,40 @@ class LesionEvaluation:
             raise ValueError(f"{self.datalist}: split {self.split!r} has no labelled items to evaluate")
         return items
 
-    def _read_findings(self, case_id: str, path: Path) -> tuple[float, float]:
-        """keep_fraction and total_seconds from a findings JSON, with errors that name the case."""
+    def _read_findings(self, case_id: str, path: Path) -> tuple[float, float, list[dict] | None, str]:
+        """keep_fraction, total_seconds, lesions and the name of their score (``lesion_score``, the findings' own)
+        from a findings JSON, with errors that name the case."""
         findings = json.loads(path.read_text())
         if findings.get("case_id") != case_id:
             raise ValueError(f"case {case_id}: {path} is for case_id {findings.get('case_id')!r}")
         try:
-            return float(findings["glance_focus"]["keep_fraction"]), float(findings["timings"]["total_seconds"])
+            keep, seconds = (
+                float(findings["glance_focus"]["keep_fraction"]),
+                float(findings["timings"]["total_seconds"]),
+            )
         except (KeyError, TypeError) as error:
             raise ValueError(
                 f"case {case_id}: {path} lacks glance_focus.keep_fraction or timings.total_seconds"
             ) from error
+        return keep, seconds, findings.get("lesions"), str(findings.get("lesion_score", "max_probability"))
+
+    def _score_lesions(
+        self, pred: np.ndarray, affine: np.ndarray, lesions: list[dict] | None, score: str, gt: np.ndarray
+    ) -> tuple[np.ndarray, list[float], list[float]]:
+        """The prediction at the operating point, and the lesion and false-positive scores (``lesion_scores``).
+        Findings without a lesion list (predictions made elsewhere) score every predicted lesion 1.0."""
+        if lesions is None:
+            numbers, count = label_lesions(pred)
+            scores = {n: 1.0 for n in range(1, count + 1)}
+        else:
+            numbers = lesion_label_map(pred, affine, lesions)
+            scores = {les["number"]: float(les[score]) for les in lesions}
+        if self.min_score is not None:
+            kept = [n for n, score in scores.items() if score >= self.min_score]
+            numbers = np.where(np.isin(numbers, kept), numbers, 0)
+            scores = {n: scores[n] for n in kept}
+        found, false_positives = lesion_scores(numbers, scores, gt, connectivity=DETECTION_CONNECTIVITY)
+        return numbers > 0, found, false_positives
 
     def _evaluate_case(self, item: dict[str, Any]) -> dict[str, Any]:
         case_id = item["id"]
@@ -181,11 +210,14 @@ class LesionEvaluation:
                 f"case {case_id}: prediction {pred_path} has shape {pred.shape} but label {item['label']} has shape "
                 f"{gt.shape}; the prediction must be on the grid of the input scan"
             )
+        keep_fraction, total_seconds, lesions, score = self._read_findings(case_id, findings_path)
+        pred, found_scores, false_positive_scores = self._score_lesions(
+            pred, pred_img.affine.numpy(), lesions, score, gt
+        )
         spacing = [float(s) for s in label_img.pixdim]
         dsc, nsd = flare_dsc_nsd(pred, gt, spacing, self.tolerance_mm)
         detection = lesion_detection(pred, gt, connectivity=DETECTION_CONNECTIVITY)
         lesion_free = not gt.any()
-        keep_fraction, total_seconds = self._read_findings(case_id, findings_path)
         return {
             "id": case_id,
             "region": item["region"],
@@ -202,6 +234,8 @@ class LesionEvaluation:
             "healthy_fp": healthy_scan_is_fp(pred, self.healthy_fp_voxels) if lesion_free else None,
             "keep_fraction": keep_fraction,
             "total_seconds": total_seconds,
+            "lesion_scores": found_scores,
+            "false_positive_scores": false_positive_scores,
         }
 
     def run(self) -> dict[str, Any]:
@@ -212,6 +246,13 @@ class LesionEvaluation:
             "overall": summarise(per_case),
             "by_region": _group(per_case, "region"),
             "by_lesion_type": _group(per_case, "lesion_type"),
+            "froc": froc(
+                [s for c in per_case for s in c["lesion_scores"]],
+                [s for c in per_case for s in c["false_positive_scores"]],
+                len(per_case),
+            )
+            if any(c["lesion_scores"] for c in per_case)
+            else None,
             "settings": {
                 "datalist": str(self.datalist),
                 "dataset_dir": str(self.dataset_dir),
@@ -219,6 +260,7 @@ class LesionEvaluation:
                 "split": self.split,
                 "tolerance_mm": self.tolerance_mm,
                 "healthy_fp_voxels": self.healthy_fp_voxels,
+                "min_score": self.min_score,
                 "detection_connectivity": DETECTION_CONNECTIVITY,
                 "dsc_nsd_rules": "FLARE: both empty -> 1, 1; one empty -> 0, 0; NSD = 0 when DSC < 0.2",
                 "lesion_found_rule": "a ground-truth component is found when a predicted voxel overlaps it",

@@ -21,6 +21,7 @@ __all__ = [
     "longest_axial_diameter_mm",
     "lesion_findings",
     "drop_low_score_lesions",
+    "LESION_SCORES",
     "LesionFindingsd",
     "RAS_TO_LPS",
 ]
@@ -38,8 +39,19 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(n)
 
 
-def drop_low_score_lesions(lesion_prob: np.ndarray, mask: np.ndarray, min_score: float) -> np.ndarray:
-    """The mask without the lesions (connected components) whose maximum lesion probability is below ``min_score``.
+LESION_SCORES = {"max_probability": ndimage.maximum, "mean_probability": ndimage.mean}
+"""What a lesion's detection score can be: its highest or its mean voxel probability. The maximum of a trained
+network saturates at 1.0 on false positives too; the mean over the component keeps lesions and false positives apart
+where the maximum cannot (the calibration record reports the margin)."""
+
+
+def drop_low_score_lesions(
+    lesion_prob: np.ndarray,
+    mask: np.ndarray,
+    min_score: float,
+    score: str = "max_probability",
+) -> np.ndarray:
+    """The mask without the lesions (connected components) whose ``score`` (``LESION_SCORES``) is below ``min_score``.
 
     The voxel threshold decides a lesion's extent, this one whether it is reported at all: a detection operating point
     (``python -m bundle.calibrate --lesion_max_fp_per_scan`` or ``--lesion_target_sensitivity``) that drops weak
@@ -48,8 +60,10 @@ def drop_low_score_lesions(lesion_prob: np.ndarray, mask: np.ndarray, min_score:
     labels, n = label_lesions(mask)
     if n == 0:
         return mask
-    peak = ndimage.maximum(lesion_prob, labels, index=np.arange(1, n + 1))
-    keep = np.concatenate([[False], np.asarray(peak) >= min_score])
+    if score not in LESION_SCORES:
+        raise ValueError(f"score must be one of {sorted(LESION_SCORES)}, got {score!r}")
+    value = LESION_SCORES[score](lesion_prob, labels, index=np.arange(1, n + 1))
+    keep = np.concatenate([[False], np.round(np.asarray(value), 4) >= min_score])
     return keep[labels]
 
 
@@ -105,8 +119,15 @@ def longest_axial_diameter_mm(component: np.ndarray, affine: np.ndarray) -> floa
     return best
 
 
-def lesion_findings(lesion_prob: np.ndarray, mask: np.ndarray, affine: np.ndarray, region: str) -> list[dict]:
-    """Per-lesion findings from the lesion probability map and the binary mask, both on the original image grid."""
+def lesion_findings(
+    lesion_prob: np.ndarray,
+    mask: np.ndarray,
+    affine: np.ndarray,
+    region: str,
+    score: str = "max_probability",
+) -> list[dict]:
+    """Per-lesion findings from the lesion probability map and the binary mask, both on the original image grid,
+    numbered by ``score`` (most suspicious first), then volume."""
     labels, n = label_lesions(mask)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
     lesions = []
@@ -124,7 +145,7 @@ def lesion_findings(lesion_prob: np.ndarray, mask: np.ndarray, affine: np.ndarra
                 "region": region,
             }
         )
-    lesions.sort(key=lambda les: (-les["max_probability"], -les["volume_mm3"]))
+    lesions.sort(key=lambda les: (-les[score], -les["volume_mm3"]))
     for number, les in enumerate(lesions, start=1):
         les["number"] = number
     return lesions
@@ -133,8 +154,9 @@ def lesion_findings(lesion_prob: np.ndarray, mask: np.ndarray, affine: np.ndarra
 class LesionFindingsd(MapTransform):
     """Turn the inverted 2-channel probability map into the lesion mask and the findings of the scan.
 
-    A voxel is lesion when its probability is >= ``threshold``; a lesion is reported when its maximum probability is
-    >= ``min_score`` (the calibrated detection operating point; at or below ``threshold`` it drops nothing).
+    A voxel is lesion when its probability is >= ``threshold``; a lesion is reported when its ``score`` (maximum or
+    mean probability, ``LESION_SCORES``) is >= ``min_score`` (the calibrated detection operating point; at or below
+    ``threshold`` it drops nothing).
     ``pred`` becomes the binary mask (uint8, original grid); ``findings`` holds the lesions (method.md 6), the scan's
     suspicion score (maximum lesion probability), the body region and where it came from, the Glance-Focus
     accounting of the inferer and the weights' status, so that output from untrained weights is labelled as such.
@@ -147,10 +169,14 @@ class LesionFindingsd(MapTransform):
         weights: dict,
         threshold: float = 0.5,
         min_score: float = 0.5,
+        score: str = "max_probability",
         findings_key: str = "findings",
         region_key: str = "region",
     ) -> None:
         super().__init__(keys)
+        if score not in LESION_SCORES:
+            raise ValueError(f"score must be one of {sorted(LESION_SCORES)}, got {score!r}")
+        self.score = score
         self.inferer = inferer
         self.weights = weights
         self.threshold = threshold
@@ -166,9 +192,9 @@ class LesionFindingsd(MapTransform):
             raise ValueError(f"{key}: expected the 2-channel probability MetaTensor after Invertd, got {prob.shape}.")
         affine = prob.affine.numpy()
         lesion_prob = prob[1].numpy().astype(np.float32)
-        mask = drop_low_score_lesions(lesion_prob, lesion_prob >= self.threshold, self.min_score)
+        mask = drop_low_score_lesions(lesion_prob, lesion_prob >= self.threshold, self.min_score, self.score)
         region = str(d.get(self.region_key, ""))
-        lesions = lesion_findings(lesion_prob, mask, affine, region)
+        lesions = lesion_findings(lesion_prob, mask, affine, region, self.score)
         stats = self.inferer.last_stats.as_dict() if self.inferer.last_stats is not None else {}
         d[self.findings_key] = {
             "weights": self.weights,
@@ -178,6 +204,7 @@ class LesionFindingsd(MapTransform):
             "suspicion_score": round(float(lesion_prob.max()), 4) if lesion_prob.size else 0.0,
             "lesion_probability_threshold": self.threshold,
             "lesion_min_score": self.min_score,
+            "lesion_score": self.score,
             "lesion_count": len(lesions),
             "lesions": lesions,
             "glance_focus": stats,

@@ -67,7 +67,7 @@ def write_key_slice(image_path: Path, output_dir: Path) -> Path:
     if image.shape != mask.shape:
         raise ValueError(f"{image_path}: image {image.shape} and lesion mask {mask.shape} are not on one grid")
     lesions = findings["lesions"]
-    top = max(lesions, key=lambda les: les["max_probability"])["voxels"] if lesions else None
+    top = min(lesions, key=lambda les: les["number"])["voxels"] if lesions else None  # lesion 1: most suspicious
     index = key_slice_index(mask, top)
     rgb = render_key_slice(image, mask, index, region_window(findings["region"]))
     png = case_dir / f"{case_id}_key_slice.png"

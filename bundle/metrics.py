@@ -7,6 +7,7 @@ is counted per lesion (connected component) and, on lesion-free scans, per scan.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -20,6 +21,9 @@ __all__ = [
     "flare_dsc_nsd",
     "lesion_detection",
     "lesion_scores",
+    "FROC_FP_PER_SCAN",
+    "min_score_for_fp_budget",
+    "froc",
     "healthy_scan_is_fp",
     "CONNECTIVITY_TO_RANK",
 ]
@@ -172,6 +176,40 @@ def lesion_scores(
         found.append(max((float(scores[j]) for j in touching), default=0.0))
     false_positives = [float(scores[j]) for j in sorted(numbers - hits)]
     return found, false_positives
+
+
+FROC_FP_PER_SCAN = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""False positives per scan at which the FROC table reports sensitivity (the LUNA16 points)."""
+
+
+def min_score_for_fp_budget(
+    false_positive_scores: Sequence[float], other_scores: Sequence[float], budget: float
+) -> float:
+    """The smallest minimum score t that leaves at most ``budget`` false positives (a count, not per scan).
+
+    With more false positives than the budget, t is the smallest observed score above the (budget+1)-th highest
+    false-positive score (just above it if no score lies there); otherwise the smallest observed score.
+    """
+    false = np.sort(np.asarray(false_positive_scores, dtype=np.float64).ravel())[::-1]
+    scores = np.concatenate([false, np.asarray(other_scores, dtype=np.float64).ravel()])
+    scores = scores[scores > 0]
+    allowed = math.floor(round(budget, 9))
+    if false.size <= allowed:
+        return float(scores.min()) if scores.size else 0.0
+    above = scores[scores > false[allowed]]
+    return float(above.min()) if above.size else float(np.nextafter(false[allowed], np.inf))
+
+
+def froc(lesion_scores: Sequence[float], false_positive_scores: Sequence[float], scans: int) -> list[dict]:
+    """Lesion sensitivity at 1/8 to 8 false positives per scan (``FROC_FP_PER_SCAN``), from the per-lesion scores
+    (0 for a missed lesion) and the false positives' scores of ``scans`` scans (see :func:`lesion_scores`)."""
+    found = np.asarray(lesion_scores, dtype=np.float64).ravel()
+    false = np.asarray(false_positive_scores, dtype=np.float64).ravel()
+    points = []
+    for budget in FROC_FP_PER_SCAN:
+        t = min_score_for_fp_budget(false, found, budget * scans)
+        points.append({"fp_per_scan": budget, "sensitivity": float(((found >= t) & (found > 0)).sum() / found.size)})
+    return points
 
 
 def healthy_scan_is_fp(pred: np.ndarray, min_voxels: int = 125) -> bool:

@@ -30,7 +30,7 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 from scipy.spatial.transform import Rotation
 
-from bundle.transforms import RegionWindowd
+from bundle.transforms import BODY_HU, RegionWindowd, body_mask
 from bundle.writers import atomic_write_json, atomic_write_nifti
 
 __all__ = [
@@ -150,13 +150,9 @@ def hu_organ_masks(hu: np.ndarray, spacing: Sequence[float], min_lung_ml: float 
     keeps aerated parenchyma and drops pure gas (bowel, trachea alone).
     """
     hu = np.asarray(hu)
-    tissue = hu > -500
-    body = np.stack([ndimage.binary_fill_holes(tissue[..., z]) for z in range(hu.shape[-1])], axis=-1)
-    components, count = ndimage.label(body)
-    if count == 0:
+    body = body_mask(hu > BODY_HU)
+    if not body.any():
         return {}
-    sizes = ndimage.sum_labels(body, components, index=np.arange(1, count + 1))
-    body = components == (int(np.argmax(sizes)) + 1)
     air = ndimage.binary_opening(body & (hu < -400))
     components, count = ndimage.label(air)
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -175,7 +171,11 @@ def hu_organ_masks(hu: np.ndarray, spacing: Sequence[float], min_lung_ml: float 
 
 
 def soft_tissue_mask(
-    hu: np.ndarray, body: np.ndarray, lung: np.ndarray, spacing: Sequence[float], depth_mm: tuple[float, float] = (4.0, 45.0)
+    hu: np.ndarray,
+    body: np.ndarray,
+    lung: np.ndarray,
+    spacing: Sequence[float],
+    depth_mm: tuple[float, float] = (4.0, 45.0),
 ) -> np.ndarray:
     """Muscle and fat (-150 to 120 HU) of the body wall or limb: between ``depth_mm`` below the skin, away from bone
     (> 200 HU, 4 mm around it) and lung (4 mm around it). Where soft-tissue masses such as sarcomas grow."""

@@ -15,6 +15,9 @@ from scipy import ndimage
 from bundle.validation import InvalidScanError, check_ct_volume
 
 __all__ = [
+    "BODY_HU",
+    "body_mask",
+    "BoundToBodyd",
     "CropAxialRanged",
     "ValidateCTd",
     "SelectRegiond",
@@ -205,4 +208,74 @@ class CropAxialRanged(MapTransform):
         )
         for key in self.key_iterator(d):
             d[key] = crop(d[key])
+        return d
+
+
+BODY_HU = -500.0
+"""Tissue denser than this is patient (or table, or what lies on it); air, foam and lung are less dense."""
+
+
+def body_mask(tissue: np.ndarray) -> np.ndarray:
+    """The patient's body from a 3D tissue mask (axis 2 axial): each axial slice's tissue with its holes (lungs,
+    bowel gas) filled, then the largest 3D connected component, which leaves out the table and what lies on it
+    (positioning aids, cables, objects beside the patient) wherever they do not touch the patient."""
+    tissue = np.asarray(tissue, dtype=bool)
+    body = np.stack(
+        [ndimage.binary_fill_holes(tissue[..., z]) for z in range(tissue.shape[-1])],
+        axis=-1,
+    )
+    components, count = ndimage.label(body)
+    if count <= 1:
+        return body
+    sizes = ndimage.sum_labels(body, components, index=np.arange(1, count + 1))
+    return components == (int(np.argmax(sizes)) + 1)
+
+
+class BoundToBodyd(MapTransform):
+    """Set the lesion probability to 0 outside the patient's body, so no finding lies on the table or in the air.
+
+    Runs on the preprocessed grid, before ``Invertd``: the body is ``body_mask`` of the windowed image above the
+    window value of ``BODY_HU`` (above 0 where the window starts higher, as the abdomen window does), grown by
+    ``margin_voxels`` in-plane so that lesions at the skin are kept. ``keys`` are the 2-channel probability maps.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        region_key: str = "region",
+        margin_voxels: int = 2,
+    ) -> None:
+        super().__init__(keys)
+        self.image_key = image_key
+        self.region_key = region_key
+        self.margin_voxels = margin_voxels
+
+    def body(self, image: torch.Tensor, region: str) -> np.ndarray:
+        lo, hi = region_window(region)
+        level = max((BODY_HU - lo) / (hi - lo), 0.0)
+        body = body_mask(np.asarray(image[0].detach().cpu()) > level)
+        if self.margin_voxels:
+            disk = np.zeros((3, 3, 1), bool)
+            disk[:, :, 0] = ndimage.generate_binary_structure(2, 1)
+            body = ndimage.binary_dilation(body, disk, iterations=self.margin_voxels)
+        return body
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        region = d.get(self.region_key)
+        if not region:
+            raise KeyError(f"item has no {self.region_key!r}: the body threshold depends on the region's window.")
+        body = torch.from_numpy(self.body(d[self.image_key], str(region)))
+        for key in self.key_iterator(d):
+            prob = d[key]
+            if prob.shape[0] != 2 or tuple(prob.shape[1:]) != tuple(body.shape):
+                raise ValueError(f"{key}: expected a 2-channel map on the image's grid {tuple(body.shape)}")
+            lesion = prob[1] * body.to(prob.device, prob.dtype)
+            bounded = torch.stack([1 - lesion, lesion])
+            d[key] = (
+                MetaTensor(bounded, meta=prob.meta, applied_operations=prob.applied_operations)
+                if isinstance(prob, MetaTensor)
+                else bounded
+            )
         return d

@@ -1,14 +1,19 @@
-"""Lesion findings (bundle/findings.py): the detection operating point that drops weak lesions whole."""
+"""Lesion findings (bundle/findings.py): the detection operating point that drops weak lesions whole, its score, and
+the body bound (bundle/transforms.py) that keeps findings inside the patient."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd, LoadImage, Orientation
 
 from bundle.findings import LesionFindingsd, drop_low_score_lesions, lesion_label_map
 from bundle.inferer import GlanceFocusInferer
 from bundle.networks import GlanceNet
+from bundle.transforms import BoundToBodyd
+from tests.conftest import ROOT
 
 
 def two_lesions() -> np.ndarray:
@@ -35,11 +40,17 @@ def test_lesion_findings_transform_reports_only_lesions_above_the_min_score():
     prob = torch.from_numpy(two_lesions())
     affine = torch.diag(torch.tensor([0.8, 0.8, 2.5, 1.0], dtype=torch.float64))
     pred = MetaTensor(torch.stack([1 - prob, prob]), affine=affine)
-    inferer = GlanceFocusInferer(GlanceNet(layers=(1, 1, 1, 1), block_inplanes=(8, 8, 8, 8)), roi_size=(16, 16, 8))
+    inferer = GlanceFocusInferer(
+        GlanceNet(layers=(1, 1, 1, 1), block_inplanes=(8, 8, 8, 8)),
+        roi_size=(16, 16, 8),
+    )
     weights = {"status": "trained"}
     both = LesionFindingsd("pred", inferer, weights, threshold=0.5, min_score=0.5)({"pred": pred})
     strong = LesionFindingsd("pred", inferer, weights, threshold=0.5, min_score=0.9)({"pred": pred})
-    assert [les["max_probability"] for les in both["findings"]["lesions"]] == [0.97, 0.7]
+    assert [les["max_probability"] for les in both["findings"]["lesions"]] == [
+        0.97,
+        0.7,
+    ]
     (lesion,) = strong["findings"]["lesions"]
     assert lesion["max_probability"] == 0.97 and lesion["voxels"] == 32
     assert strong["findings"]["lesion_min_score"] == 0.9 and strong["findings"]["lesion_count"] == 1
@@ -47,3 +58,88 @@ def test_lesion_findings_transform_reports_only_lesions_above_the_min_score():
     assert mask.sum() == 32 and mask[2:6, 2:6, 2:4].all()
     numbers = lesion_label_map(both["pred"][0].numpy() > 0, affine.numpy(), both["findings"]["lesions"])
     assert numbers[3, 3, 3] == 1 and numbers[12, 12, 5] == 2  # numbered by peak probability
+
+
+def test_mean_probability_score_drops_by_the_component_mean():
+    """The mean score ranks the two lesions of two_lesions() by their mean (0.805 and 0.6125), not their peaks."""
+    prob = two_lesions()
+    mask = prob >= 0.5
+    strong_mean, weak_mean = (31 * 0.8 + 0.97) / 32, (7 * 0.6 + 0.7) / 8
+    kept = drop_low_score_lesions(prob, mask, 0.7, score="mean_probability")
+    assert kept.sum() == 32 and kept[2:6, 2:6, 2:4].all()  # weak: mean 0.61 < 0.7 <= peak 0.7, dropped only by mean
+    assert drop_low_score_lesions(prob, mask, 0.7, score="max_probability").sum() == 32 + 8
+    assert drop_low_score_lesions(prob, mask, round(weak_mean, 4), score="mean_probability").sum() == 32 + 8
+    assert not drop_low_score_lesions(prob, mask, round(strong_mean, 4) + 1e-4, score="mean_probability").any()
+    with pytest.raises(ValueError, match="score must be one of"):
+        drop_low_score_lesions(prob, mask, 0.7, score="median")
+
+
+def test_findings_number_lesions_by_the_configured_score():
+    """A large lesion with a high peak but a low mean comes first by max, second by mean."""
+    prob = np.full((20, 20, 10), 0.05, dtype=np.float32)
+    prob[2:8, 2:8, 2:5] = 0.55
+    prob[4, 4, 3] = 0.99  # peak 0.99, mean ~0.56
+    prob[12:14, 12:14, 5:7] = 0.9  # peak and mean 0.9
+    pred = MetaTensor(
+        torch.stack([1 - torch.from_numpy(prob), torch.from_numpy(prob)]),
+        affine=torch.eye(4),
+    )
+    inferer = GlanceFocusInferer(
+        GlanceNet(layers=(1, 1, 1, 1), block_inplanes=(8, 8, 8, 8)),
+        roi_size=(16, 16, 8),
+    )
+    first = {}
+    for score in ("max_probability", "mean_probability"):
+        out = LesionFindingsd("pred", inferer, {"status": "trained"}, score=score)({"pred": pred})
+        assert out["findings"]["lesion_score"] == score
+        first[score] = next(les for les in out["findings"]["lesions"] if les["number"] == 1)["voxels"]
+    assert first == {"max_probability": 6 * 6 * 3, "mean_probability": 2 * 2 * 2}
+
+
+def test_no_finding_on_the_table_of_a_real_scan(shared_data):
+    """The pancreatic-cancer series lies on a dense table (up to ~580 HU, below the patient): a confident lesion
+    painted into the probability map on the table is removed by the body bound, one inside the patient is kept, and
+    the findings of the config's postprocessing report only the inside one."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs/inference.yaml"), str(ROOT / "configs/small.yaml")])
+    parser["region"] = "abdomen"
+    parser["lesion_min_score"] = 0.5  # the operating point is not under test here
+    item = {"image": str(shared_data / "tcia_pancreatic_ct_cbct_seg_full_series" / "dicom")}
+    data = parser.get_parsed_content("preprocessing")(item)
+    image = data["image"]
+    # The table, found independently of the body mask: dense voxels in the rows behind (posterior to) the patient's
+    # back, from the raw HU of the original grid, mapped to the preprocessed grid by world coordinates.
+    raw = LoadImage(image_only=True, reader="ITKReader", ensure_channel_first=True)(item["image"])
+    raw = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(raw)
+    hu = raw[0].numpy()
+    table = np.argwhere(hu[:, :100, :] > 200)  # posterior rows 0-99: the table (the patient starts at row ~110)
+    assert len(table) > 1000
+    to_pre = np.linalg.inv(image.affine.numpy()) @ raw.affine.numpy()
+
+    def pre_index(ijk):
+        return np.round(to_pre[:3, :3] @ np.asarray(ijk, float) + to_pre[:3, 3]).astype(int)
+
+    on_table = pre_index(table[len(table) // 2])
+    inside = pre_index((256, 250, 67))  # the middle of the abdomen
+    prob = torch.full(image.shape[1:], 0.01)
+    for c in (on_table, inside):
+        prob[c[0] - 2 : c[0] + 3, c[1] - 2 : c[1] + 3, c[2] - 1 : c[2] + 2] = 0.99
+    data["pred"] = MetaTensor(
+        torch.stack([1 - prob, prob]),
+        meta=image.meta,
+        applied_operations=image.applied_operations,
+    )
+    bounded = BoundToBodyd("pred")(dict(data))["pred"]
+    assert bounded[1][tuple(on_table)] == 0 and bounded[1][tuple(inside)] == pytest.approx(0.99)
+    assert torch.allclose(bounded.sum(0), torch.ones(()))
+
+    postprocessing = [
+        t
+        for t in parser.get_parsed_content("postprocessing").transforms
+        if isinstance(t, (BoundToBodyd, Invertd, LesionFindingsd))
+    ]
+    out = Compose(postprocessing)(dict(data))
+    lesions = out["findings"]["lesions"]
+    assert len(lesions) == 1 and lesions[0]["voxels"] >= 5 * 5 * 3

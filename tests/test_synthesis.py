@@ -26,11 +26,10 @@ from bundle.synthesis import (
     RandSynthLesiond,
     blend_weight,
     contrast_phase,
-    host_statistics,
     host_masks,
+    host_statistics,
     hu_organ_masks,
     load_ras,
-    organ_masks_from_map,
     spacing_of,
     synthesize_lesion,
     unit_noise,
@@ -181,7 +180,9 @@ def test_necrotic_centre_darkens_only_the_inside(chest, monkeypatch):
     spec = LESION_TYPES["lung_mass"]
     painted = {}
     for prob in (1e-12, 1.0):
-        monkeypatch.setitem(LESION_TYPES, "lung_mass", dataclasses.replace(spec, edge_contact_prob=0.0, necrosis_prob=prob))
+        monkeypatch.setitem(
+            LESION_TYPES, "lung_mass", dataclasses.replace(spec, edge_contact_prob=0.0, necrosis_prob=prob)
+        )
         painted[prob] = synthesize_lesion(hu, affine, hosts, np.random.default_rng(1), ["lung_mass"])
     (plain, mask, info), (necrotic, mask_n, info_n) = painted[1e-12], painted[1.0]
     assert not info["necrotic_centre"] and info_n["necrotic_centre"]
