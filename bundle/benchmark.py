@@ -31,10 +31,12 @@ from pathlib import Path
 import psutil
 import torch
 from monai.bundle import ConfigParser
+from monai.transforms import Compose, Orientationd
 from monai.utils import set_determinism
 
 from bundle.data import list_inputs
 from bundle.inferer import GlanceFocusInferer, Tiling
+from bundle.transforms import CropAxialRanged
 from bundle.writers import atomic_write_json
 
 __all__ = ["main", "top_fraction_mask", "PeakMemory", "MeasuredInferer"]
@@ -234,9 +236,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow_untrained", action="store_true", help="run with seeded random weights when there is no checkpoint"
     )
+    parser.add_argument(
+        "--axial_range_mm",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="screen only this head-foot slab of the scan (patient z, mm; bundle.transforms.CropAxialRanged after "
+        "Orientationd), e.g. a lesion-free stretch",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs of each mode; timings are the median (default 1)")
     parser.add_argument("--output", help="also write every figure to this JSON file (atomically)")
     return parser
+
+
+def with_axial_crop(preprocessing: Compose) -> Compose:
+    """The preprocessing with ``CropAxialRanged`` right after ``Orientationd`` (axis 2 is then head-foot)."""
+    transforms = list(preprocessing.transforms)
+    index = next((i for i, t in enumerate(transforms) if isinstance(t, Orientationd)), None)
+    if index is None:
+        raise SystemExit("--axial_range_mm needs an Orientationd in the preprocessing.")
+    transforms.insert(index + 1, CropAxialRanged(keys="image"))
+    return Compose(transforms)
 
 
 def _format_table(results: dict) -> str:
@@ -275,7 +295,8 @@ def report(results: dict) -> str:
         f"device {env['device']} | torch {env['torch']} | {env['torch_threads']} threads | CPU {env['cpu_model']} "
         f"({env['cpu_count']} logical cores)",
         f"configs: {' + '.join(results['configs'])} | weights: {results['weights']['status']}",
-        f"scan: {scan['input']} ({scan['region']})",
+        f"scan: {scan['input']} ({scan['region']})"
+        + (f", head-foot slab {scan['axial_range_mm']} mm" if scan.get("axial_range_mm") else ""),
         f"  original shape {scan['original_shape']} spacing {scan['original_spacing']} -> preprocessed "
         f"{scan['preprocessed_shape']} at {scan['pixdim']} mm",
         f"preprocessing {results['preprocessing_seconds']:.2f} s | roi {results['inferer']['roi_size']} overlap "
@@ -340,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "glance_focus": MeasuredInferer(glance, threshold=gf_threshold, keep_fraction=args.keep_fraction, **params),
     }
 
+    if args.axial_range_mm:
+        preprocessing = with_axial_crop(preprocessing)
+        items[0]["axial_range_mm"] = list(args.axial_range_mm)
     t0 = time.perf_counter()
     data = preprocessing(items[0])
     preprocessing_seconds = time.perf_counter() - t0
@@ -392,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "weights": weights,
         "scan": {
             "input": str(args.input),
+            "axial_range_mm": args.axial_range_mm,
             "id": items[0]["id"],
             "region": data.get("region"),
             "original_shape": [int(s) for s in meta_image.meta["spatial_shape"]],

@@ -42,7 +42,7 @@ from monai.transforms import LoadImage, ResampleToMatch
 from monai.utils import set_determinism
 
 from bundle.data import list_inputs
-from bundle.findings import lesion_label_map
+from bundle.findings import LESION_SCORES, lesion_label_map
 from bundle.metrics import froc, lesion_scores, min_score_for_fp_budget
 from bundle.writers import atomic_path, atomic_write_json
 
@@ -324,17 +324,14 @@ def _screen_split(
             pred = load(str(case / f"{item['id']}_lesion.nii.gz"))
             gt = np.asarray(load(item["label"])) > 0
             numbers = lesion_label_map(np.asarray(pred) > 0, pred.affine.numpy(), findings["lesions"])
-            scores = {les["number"]: les[score] for les in findings["lesions"]}
-            found, false_positives = lesion_scores(numbers, scores, gt)
+            case = {"id": item["id"], "keep_fraction": findings["glance_focus"]["keep_fraction"]}
+            for name in (score, *sorted(set(LESION_SCORES) - {score})):  # the configured score first
+                scores = {les["number"]: les[name] for les in findings["lesions"]}
+                found, false_positives = lesion_scores(numbers, scores, gt)
+                prefix = "" if name == score else f"{name}_"
+                case.update({f"{prefix}lesion_scores": found, f"{prefix}false_positive_scores": false_positives})
             logger.info("%s: %d lesion(s), %d false positive(s)", item["id"], len(found), len(false_positives))
-            cases.append(
-                {
-                    "id": item["id"],
-                    "lesion_scores": found,
-                    "false_positive_scores": false_positives,
-                    "keep_fraction": findings["glance_focus"]["keep_fraction"],
-                }
-            )
+            cases.append(case)
     return cases
 
 
@@ -358,7 +355,13 @@ def _summary(record: dict) -> str:
             f"  keep fraction {r['keep_fraction']:.3f} ({r['windows_kept']}/{r['windows']} windows)",
             "  ROC AUC       "
             + ("n/a" if r["roc_auc"] is None else f"{r['roc_auc']:.3f} (window ranking; 0.5 is chance)"),
-            *_lesion_summary(record.get("lesion_result")),
+            *_lesion_summary(record.get("lesion_result"), record.get("lesion_score")),
+            *(
+                f"  with {name} instead: min score {_score_text(r.get('min_score'))}, sensitivity "
+                f"{r.get('sensitivity', float('nan')):.3f}, margin {_score_text(r.get('nearest_kept_lesion_score'))} "
+                f"(kept lesion) / {_score_text(r.get('nearest_dropped_false_positive_score'))} (dropped FP)"
+                for name, r in (record.get("lesion_result_other_scores") or {}).items()
+            ),
         ]
     )
 
@@ -388,13 +391,14 @@ def _score_text(value: float | None) -> str:
     return "none" if value is None else f"{value:.4f}"
 
 
-def _lesion_summary(r: dict | None) -> list[str]:
+def _lesion_summary(r: dict | None, score: str | None = None) -> list[str]:
     if r is None:
         return []
     base = r["without_min_score"]
     froc = ", ".join(f"{p['fp_per_scan']:g}: {p['sensitivity']:.3f}" for p in r["froc"])
     return [
-        f"Lesion operating point, screening with that threshold: {r['lesions']} lesion(s) in {r['scans']} scan(s)",
+        f"Lesion operating point, screening with that threshold: {r['lesions']} lesion(s) in {r['scans']} scan(s)"
+        + (f", score {score}" if score else ""),
         f"  goal: {_lesion_goal(r['target_sensitivity'], r['max_fp_per_scan'])}",
         f"  lesion_min_score {format_threshold(r['min_score'])}",
         f"  sensitivity   {r['sensitivity']:.3f} ({r['lesions_found']}/{r['lesions']} lesions found)",
@@ -435,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = choose_threshold(
         [s for c in cases for s in c["scores"]], [lab for c in cases for lab in c["labels"]], args.target_sensitivity
     )
-    lesion_result, screened, lesion_error = None, None, None
+    lesion_result, screened, lesion_error, other_scores = None, None, None, {}
     lesion_rule = _lesion_rule(args)
     if lesion_rule is not None:
         overrides = {"glance_threshold": result["threshold"], "allow_untrained": args.allow_untrained}
@@ -452,6 +456,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
             )
         except ValueError as error:  # unreachable target: keep the screening's record, write no config
             lesion_error = str(error)
+        # the same rule on the other score, for comparison only: which one separates lesions from false positives
+        score = parser.get_parsed_content("lesion_score")
+        for name in sorted(set(LESION_SCORES) - {score}):
+            try:
+                other_scores[name] = choose_lesion_score(
+                    [s for c in screened for s in c[f"{name}_lesion_scores"]],
+                    [s for c in screened for s in c[f"{name}_false_positive_scores"]],
+                    len(screened),
+                    target_sensitivity=args.lesion_target_sensitivity,
+                    max_fp_per_scan=args.lesion_max_fp_per_scan,
+                )
+            except ValueError as error:
+                other_scores[name] = {"error": str(error)}
     now = datetime.now(timezone.utc)
     record = {
         "date": now.isoformat(timespec="seconds"),
@@ -466,7 +483,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "a lesion window holds a lesion voxel of the label resampled (nearest) onto the preprocessed grid",
         "result": result,
         "lesion_rule": lesion_rule,
+        "lesion_score": parser.get_parsed_content("lesion_score"),
         "lesion_result": lesion_result,
+        "lesion_result_other_scores": other_scores,
         "lesion_error": lesion_error,
         "written_to_config": None if lesion_error else args.write_config,
         "cases": cases,

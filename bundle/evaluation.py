@@ -153,6 +153,7 @@ class LesionEvaluation:
                     "region": item.get("region"),
                     "lesion_type": item.get("lesion_type"),
                     "label": item["label"],
+                    "image": item["image"],
                 }
             )
         if not items:
@@ -223,6 +224,7 @@ class LesionEvaluation:
             "region": item["region"],
             "lesion_type": item["lesion_type"],
             "label": str(item["label"]),
+            "image": str(item["image"]),
             "prediction": str(pred_path),
             "spacing_mm": spacing,
             "gt_voxels": int(gt.sum()),

@@ -3,10 +3,12 @@
     python -m bundle.plots froc runs/eval_new_test/evaluation.json docs/images/froc_test.png --label new \
         --compare runs/eval_old_test/evaluation.json --compare_label old
     python -m bundle.plots lesion_types runs/eval_new_test/evaluation.json docs/images/lesion_types_test.png
+    python -m bundle.plots key_slices runs/eval_new_test/evaluation.json docs/images/key_slices_test.png
     python -m bundle.plots training runs/model9 docs/images/training_model9.png
 
 ``froc``: lesion sensitivity against false positives per scan (``evaluation.json``'s ``froc``, computed by
 ``bundle.metrics.froc``). ``lesion_types``: DSC, NSD and sensitivity per lesion type (``by_lesion_type``).
+``key_slices``: each labelled test lesion's largest axial slice, reference in green, prediction in red.
 ``training``: the logged GRL terms and validation metrics of a training run (its TensorBoard event files).
 Needs matplotlib (the ``plots`` extra).
 """
@@ -18,9 +20,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from bundle.writers import atomic_path
 
-__all__ = ["plot_froc", "plot_lesion_types", "plot_training", "TRAINING_PANELS"]
+__all__ = ["plot_froc", "plot_lesion_types", "plot_key_slices", "plot_training", "TRAINING_PANELS"]
 
 TRAINING_PANELS = (
     ("Focus segmentation loss (DiceCE)", ("seg",)),
@@ -83,6 +87,41 @@ def plot_lesion_types(report: dict, output: str | Path, title: str = "by lesion 
     plt.close(fig)
 
 
+def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: int = 260) -> None:
+    """The axial slice where each labelled lesion of an evaluation report is largest: reference outline in green,
+    prediction in red, in the region's window, titled with the case, found or missed, and DSC."""
+    from monai.transforms import LoadImage, Orientation
+    from PIL import Image, ImageDraw
+
+    from bundle.keyslice import render_key_slice
+    from bundle.transforms import region_window
+
+    def ras(path: str, reader: str | None = "ITKReader"):
+        image = LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(path)
+        return np.asarray(Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)[0])
+
+    tiles = []
+    for case in (c for c in report["per_case"] if c["gt_voxels"]):
+        label = ras(case["label"]) > 0
+        pred = ras(case["prediction"], None) > 0
+        image = ras(case["image"])
+        index = int(label.sum(axis=(0, 1)).argmax())
+        window = region_window(case.get("region") or "abdomen")
+        rgb = render_key_slice(image, pred, index, window)
+        truth = render_key_slice(np.zeros_like(image), label, index, (0.0, 1.0))
+        rgb[(truth[..., 0] > 0) & (truth[..., 1] < 100)] = (40, 220, 40)  # the reference outline, drawn over
+        tile = Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.BILINEAR)
+        state = "found" if case["found"] == case["gt_lesions"] else f"missed {case['missed']}/{case['gt_lesions']}"
+        ImageDraw.Draw(tile).text((4, 4), f"{case['id']}: {state}\nDSC {case['dsc']:.2f}", fill=(255, 255, 0))
+        tiles.append(tile)
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (size * columns, size * rows))
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % columns) * size, (i // columns) * size))
+    with atomic_path(Path(output), ".png") as tmp:
+        sheet.save(tmp, format="PNG")
+
+
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the TensorBoard event files in ``run_dir``: tag -> [(step, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -124,7 +163,7 @@ def plot_training(run_dir: str | Path, output: str | Path, smooth: int = 14) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bundle.plots", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("kind", choices=("froc", "lesion_types", "training"))
+    parser.add_argument("kind", choices=("froc", "lesion_types", "key_slices", "training"))
     parser.add_argument("source", type=Path, help="evaluation.json (froc, lesion_types) or a training run folder")
     parser.add_argument("output", type=Path, help="PNG to write")
     parser.add_argument("--label", default="model")
@@ -141,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.compare:
                 reports.append((args.compare_label, json.loads(args.compare.read_text())))
             plot_froc(reports, args.output, args.title or "FROC")
+        elif args.kind == "key_slices":
+            plot_key_slices(report, args.output)
         else:
             plot_lesion_types(report, args.output, args.title or "by lesion type")
     print(f"wrote {args.output}")

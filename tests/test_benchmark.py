@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
@@ -63,3 +64,24 @@ def test_benchmark_on_a_small_real_scan(shared_data, tmp_path, monkeypatch, caps
     assert results["agreement"]["voxels"] > 0 and results["agreement"]["max_abs_diff"] < 1e-4
     assert json.loads(output.read_text())["glance_focus"]["windows_kept"] == gf["windows_kept"]
     assert "speed-up dense / Glance-Focus total" in capsys.readouterr().out
+
+
+def test_axial_range_screens_only_that_slab():
+    """--axial_range_mm crops the real sample scan to the slab right after Orientationd: fewer slices, all in range."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Orientationd
+
+    from bundle.benchmark import with_axial_crop
+    from bundle.transforms import CropAxialRanged
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs/inference.yaml"), str(ROOT / "configs/small.yaml")])
+    preprocessing = with_axial_crop(parser.get_parsed_content("preprocessing"))
+    names = [type(t) for t in preprocessing.transforms]
+    assert names[names.index(Orientationd) + 1] is CropAxialRanged
+    item = {"image": str(ROOT / "sample_data/lung1/lung1_image.nrrd")}
+    whole = parser.get_parsed_content("preprocessing")(dict(item))["image"]
+    slab = preprocessing({**item, "axial_range_mm": [-640.0, -580.0]})["image"]
+    z = slab.affine[2, 3] + slab.affine[2, 2] * np.arange(slab.shape[-1])
+    assert slab.shape[-1] < whole.shape[-1]
+    assert z.min() >= -640.0 - 3.0 and z.max() <= -580.0 + 3.0  # within one 3 mm voxel (resampling after the crop)

@@ -91,4 +91,4 @@ def test_shipped_model_finds_the_held_out_nodule(tmp_path):
     assert findings["lesion_count"] == count
     numbers = lesion_label_map(pred, pred_image.affine.numpy(), findings["lesions"])
     assert (numbers[truth] == 1).any(), "the most suspicious finding (lesion 1) is not the nodule"
-    assert all(les["max_probability"] >= findings["lesion_min_score"] for les in findings["lesions"])
+    assert all(les[findings["lesion_score"]] >= findings["lesion_min_score"] for les in findings["lesions"])
