@@ -180,19 +180,18 @@ class LesionEvaluation:
     def _score_lesions(
         self, pred: np.ndarray, affine: np.ndarray, lesions: list[dict] | None, score: str, gt: np.ndarray
     ) -> tuple[np.ndarray, list[float], list[float]]:
-        """The prediction at the operating point, and the lesion and false-positive scores (``lesion_scores``).
-        Findings without a lesion list (predictions made elsewhere) score every predicted lesion 1.0."""
+        """The prediction at the operating point, and the lesion and false-positive scores (``lesion_scores``) of
+        every written lesion, so that the FROC curve reaches below the operating point when the predictions hold
+        more than it keeps. Findings without a lesion list (predictions made elsewhere) score every lesion 1.0."""
         if lesions is None:
             numbers, count = label_lesions(pred)
             scores = {n: 1.0 for n in range(1, count + 1)}
         else:
             numbers = lesion_label_map(pred, affine, lesions)
             scores = {les["number"]: float(les[score]) for les in lesions}
-        if self.min_score is not None:
-            kept = [n for n, score in scores.items() if score >= self.min_score]
-            numbers = np.where(np.isin(numbers, kept), numbers, 0)
-            scores = {n: scores[n] for n in kept}
         found, false_positives = lesion_scores(numbers, scores, gt, connectivity=DETECTION_CONNECTIVITY)
+        if self.min_score is not None:
+            numbers = np.where(np.isin(numbers, [n for n, v in scores.items() if v >= self.min_score]), numbers, 0)
         return numbers > 0, found, false_positives
 
     def _evaluate_case(self, item: dict[str, Any]) -> dict[str, Any]:

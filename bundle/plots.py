@@ -100,10 +100,13 @@ def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: in
         image = LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(path)
         return np.asarray(Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)[0])
 
+    min_score = report["settings"].get("min_score")
     tiles = []
     for case in (c for c in report["per_case"] if c["gt_voxels"]):
         label = ras(case["label"]) > 0
         pred = ras(case["prediction"], None) > 0
+        if min_score is not None:  # what the operating point reports, not every written lesion
+            pred = _at_operating_point(pred, case["prediction"], min_score)
         image = ras(case["image"])
         index = int(label.sum(axis=(0, 1)).argmax())
         window = region_window(case.get("region") or "abdomen")
@@ -120,6 +123,22 @@ def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: in
         sheet.paste(tile, ((i % columns) * size, (i // columns) * size))
     with atomic_path(Path(output), ".png") as tmp:
         sheet.save(tmp, format="PNG")
+
+
+def _at_operating_point(pred: np.ndarray, prediction: str, min_score: float) -> np.ndarray:
+    """The lesions of a RAS prediction whose findings score reaches ``min_score``."""
+    from bundle.findings import label_lesions
+
+    findings = json.loads(Path(prediction.replace("_lesion.nii.gz", "_findings.json")).read_text())
+    score = findings.get("lesion_score", "max_probability")
+    labels, _ = label_lesions(pred)
+    # components are the same in any axis order; match them to the findings by voxel count, then score
+    kept = np.zeros_like(pred)
+    counts = {les["voxels"]: les[score] for les in findings["lesions"]}
+    for index, size in enumerate(np.bincount(labels.ravel())[1:], start=1):
+        if counts.get(int(size), 0.0) >= min_score:
+            kept |= labels == index
+    return kept
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -313,3 +313,14 @@ def test_lesion_scores_best_touching_score_missed_and_false_positives():
         lesion_scores(pred, {1: 0.7}, gt)
     with pytest.raises(ValueError, match="shapes differ"):
         lesion_scores(pred[:-1], scores, gt)
+
+
+def test_froc_hand_counted():
+    """Lesions scoring 0.9, 0.8 and a miss; false positives 0.95, 0.7, 0.6, 0.5 over 2 scans."""
+    from bundle.metrics import FROC_FP_PER_SCAN, froc
+
+    points = froc([0.9, 0.8, 0.0], [0.95, 0.7, 0.6, 0.5], scans=2)
+    assert [p["fp_per_scan"] for p in points] == list(FROC_FP_PER_SCAN)
+    # 1/8 and 1/4 per scan allow no false positive: only a score above 0.95 would count, and no lesion has one;
+    # from 1/2 per scan (1 false positive) the threshold is 0.8, so both scored lesions count, never the miss
+    assert [p["sensitivity"] for p in points] == pytest.approx([0, 0, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
