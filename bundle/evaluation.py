@@ -28,7 +28,7 @@ from bundle.findings import label_lesions, lesion_label_map
 from bundle.metrics import flare_dsc_nsd, froc, healthy_scan_is_fp, lesion_detection, lesion_scores
 from bundle.writers import atomic_write_json
 
-__all__ = ["LesionEvaluation", "summarise"]
+__all__ = ["LesionEvaluation", "summarise", "headline_metrics"]
 
 DETECTION_CONNECTIVITY = 26
 
@@ -72,6 +72,34 @@ def summarise(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "keep_fraction": _mean([c["keep_fraction"] for c in cases]),
         "seconds_per_scan": _mean([c["total_seconds"] for c in cases]),
     }
+
+
+def headline_metrics(evaluation: dict[str, Any], glance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The figures of a test-split evaluation report that the metadata's ``eval_metrics`` repeats (and, from a
+    ``bundle.calibrate`` record on the same split, Glance's window ranking): computed here, checked by a test, so
+    the metadata cannot drift from the record it came from."""
+    overall = evaluation["overall"]
+    out = {
+        "labelled_scans": overall["n_scans"],
+        "mean_dsc": round(overall["dsc"], 3),
+        "mean_nsd_2mm": round(overall["nsd"], 3),
+        "lesion_sensitivity": round(overall["sensitivity"], 3),
+        "false_positives_per_scan": round(overall["fp_per_scan"], 2),
+        "keep_fraction": round(overall["keep_fraction"], 3),
+        "dsc_by_lesion_type": {k: round(v["dsc"], 3) for k, v in sorted(evaluation["by_lesion_type"].items())},
+        "sensitivity_by_lesion_type": {
+            k: round(v["sensitivity"], 3) for k, v in sorted(evaluation["by_lesion_type"].items())
+        },
+        "froc_sensitivity_at_fp_per_scan": {
+            f"{p['fp_per_scan']:g}": round(p["sensitivity"], 3) for p in evaluation.get("froc") or []
+        },
+        "operating_point_min_score": evaluation["settings"].get("min_score"),
+    }
+    if glance is not None:
+        result = glance["result"]
+        out["glance_window_roc_auc"] = round(result["roc_auc"], 3)
+        out["glance_lesion_free_windows_kept_at_95pct_lesion_windows"] = round(1 - result["specificity"], 3)
+    return out
 
 
 def _group(cases: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:

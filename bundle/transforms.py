@@ -215,20 +215,24 @@ BODY_HU = -500.0
 """Tissue denser than this is patient (or table, or what lies on it); air, foam and lung are less dense."""
 
 
+BODY_PART_FRACTION = 0.1
+"""A separate 3D component is patient when it holds at least this fraction of the largest one's voxels: both legs of
+a limb scan are kept; the table (about 4 % of the body on the project's scans) and smaller objects are not."""
+
+
 def body_mask(tissue: np.ndarray) -> np.ndarray:
     """The patient's body from a 3D tissue mask (axis 2 axial): each axial slice's tissue with its holes (lungs,
-    bowel gas) filled, then the largest 3D connected component, which leaves out the table and what lies on it
-    (positioning aids, cables, objects beside the patient) wherever they do not touch the patient."""
+    bowel gas) filled, then the largest 3D connected component and any other of at least ``BODY_PART_FRACTION`` of
+    it, which leaves out the table and what lies on it (positioning aids, cables, objects beside the patient)
+    wherever they do not touch the patient."""
     tissue = np.asarray(tissue, dtype=bool)
-    body = np.stack(
-        [ndimage.binary_fill_holes(tissue[..., z]) for z in range(tissue.shape[-1])],
-        axis=-1,
-    )
+    body = np.stack([ndimage.binary_fill_holes(tissue[..., z]) for z in range(tissue.shape[-1])], axis=-1)
     components, count = ndimage.label(body)
     if count <= 1:
         return body
     sizes = ndimage.sum_labels(body, components, index=np.arange(1, count + 1))
-    return components == (int(np.argmax(sizes)) + 1)
+    keep = np.concatenate([[False], sizes >= BODY_PART_FRACTION * sizes.max()])
+    return keep[components]
 
 
 class BoundToBodyd(MapTransform):

@@ -143,3 +143,16 @@ def test_no_finding_on_the_table_of_a_real_scan(shared_data):
     out = Compose(postprocessing)(dict(data))
     lesions = out["findings"]["lesions"]
     assert len(lesions) == 1 and lesions[0]["voxels"] >= 5 * 5 * 3
+
+
+def test_body_mask_keeps_both_legs_and_drops_a_table():
+    """Two limbs of equal size are both patient; a slab under them (4 % of their volume) is not."""
+    from bundle.transforms import body_mask
+
+    tissue = np.zeros((60, 40, 10), bool)
+    tissue[5:25, 10:30, :] = True  # left leg
+    tissue[35:55, 10:30, :] = True  # right leg
+    tissue[5:55, 2:4, :3] = True  # the table: 50 x 2 x 3 = 300 voxels of 8000
+    body = body_mask(tissue)
+    assert body[5:25, 10:30].all() and body[35:55, 10:30].all()
+    assert not body[5:55, 2:4].any()

@@ -92,3 +92,16 @@ def test_shipped_model_finds_the_held_out_nodule(tmp_path):
     numbers = lesion_label_map(pred, pred_image.affine.numpy(), findings["lesions"])
     assert (numbers[truth] == 1).any(), "the most suspicious finding (lesion 1) is not the nodule"
     assert all(les[findings["lesion_score"]] >= findings["lesion_min_score"] for les in findings["lesions"])
+
+
+def test_metadata_eval_metrics_are_the_recorded_test_split_figures():
+    """eval_metrics repeats the committed records of the shipped model on the test split (docs/results/), computed
+    by bundle.evaluation.headline_metrics: a figure changed by hand, or a record of other weights, fails here."""
+    from bundle.evaluation import headline_metrics
+
+    evaluation = json.loads((ROOT / "docs/results/evaluation_test.json").read_text())
+    glance = json.loads((ROOT / "docs/results/glance_test.json").read_text())
+    assert glance["weights"]["sha256"] == hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    assert glance["split"] == evaluation["settings"]["split"] == "test"
+    meta = json.loads((ROOT / "configs/metadata.json").read_text())
+    assert meta["eval_metrics"]["held_out_real_test_split"] == headline_metrics(evaluation, glance)
