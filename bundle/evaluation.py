@@ -94,6 +94,7 @@ def headline_metrics(evaluation: dict[str, Any], glance: dict[str, Any] | None =
             f"{p['fp_per_scan']:g}": round(p["sensitivity"], 3) for p in evaluation.get("froc") or []
         },
         "operating_point_min_score": evaluation["settings"].get("min_score"),
+        "operating_point_lesion_score": evaluation["settings"].get("lesion_score"),
     }
     if glance is not None:
         result = glance["result"]
@@ -144,6 +145,8 @@ class LesionEvaluation:
         min_score: the detection operating point applied to the written predictions: predicted lesions scoring below
             it are dropped before every metric (a no-op when inference already applied the same value; predictions
             written with nothing dropped then give the whole FROC curve).
+        lesion_score: the findings' field that scores a lesion (``max_probability`` or ``mean_probability``); None:
+            the findings' own ``lesion_score``, the one inference thresholded.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class LesionEvaluation:
         tolerance_mm: float = 2.0,
         healthy_fp_voxels: int = 125,
         min_score: float | None = None,
+        lesion_score: str | None = None,
     ) -> None:
         self.datalist = Path(datalist)
         self.dataset_dir = Path(dataset_dir)
@@ -166,6 +170,7 @@ class LesionEvaluation:
         self.healthy_fp_voxels = int(healthy_fp_voxels)
         self._loader = LoadImage(image_only=True, dtype=None)
         self.min_score = None if min_score is None else float(min_score)
+        self.lesion_score = lesion_score
 
     def _labelled_items(self) -> list[dict[str, Any]]:
         """Labelled items of the split: ``id``, ``region``, ``lesion_type`` as written, ``label`` made absolute."""
@@ -239,6 +244,7 @@ class LesionEvaluation:
                 f"{gt.shape}; the prediction must be on the grid of the input scan"
             )
         keep_fraction, total_seconds, lesions, score = self._read_findings(case_id, findings_path)
+        score = self.lesion_score or score
         pred, found_scores, false_positive_scores = self._score_lesions(
             pred, pred_img.affine.numpy(), lesions, score, gt
         )
@@ -290,6 +296,7 @@ class LesionEvaluation:
                 "tolerance_mm": self.tolerance_mm,
                 "healthy_fp_voxels": self.healthy_fp_voxels,
                 "min_score": self.min_score,
+                "lesion_score": self.lesion_score,
                 "detection_connectivity": DETECTION_CONNECTIVITY,
                 "dsc_nsd_rules": "FLARE: both empty -> 1, 1; one empty -> 0, 0; NSD = 0 when DSC < 0.2",
                 "lesion_found_rule": "a ground-truth component is found when a predicted voxel overlaps it",

@@ -106,7 +106,7 @@ def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: in
         label = ras(case["label"]) > 0
         pred = ras(case["prediction"], None) > 0
         if min_score is not None:  # what the operating point reports, not every written lesion
-            pred = _at_operating_point(pred, case["prediction"], min_score)
+            pred = _at_operating_point(pred, case["prediction"], min_score, report["settings"].get("lesion_score"))
         image = ras(case["image"])
         index = int(label.sum(axis=(0, 1)).argmax())
         window = region_window(case.get("region") or "abdomen")
@@ -125,12 +125,13 @@ def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: in
         sheet.save(tmp, format="PNG")
 
 
-def _at_operating_point(pred: np.ndarray, prediction: str, min_score: float) -> np.ndarray:
-    """The lesions of a RAS prediction whose findings score reaches ``min_score``."""
+def _at_operating_point(pred: np.ndarray, prediction: str, min_score: float, score: str | None) -> np.ndarray:
+    """The lesions of a RAS prediction whose findings score (``score``, else the findings' own) reaches
+    ``min_score``."""
     from bundle.findings import label_lesions
 
     findings = json.loads(Path(prediction.replace("_lesion.nii.gz", "_findings.json")).read_text())
-    score = findings.get("lesion_score", "max_probability")
+    score = score or findings.get("lesion_score", "max_probability")
     labels, _ = label_lesions(pred)
     # components are the same in any axis order; match them to the findings by voxel count, then score
     kept = np.zeros_like(pred)
@@ -161,7 +162,7 @@ def plot_training(run_dir: str | Path, output: str | Path, smooth: int = 14) -> 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for ax, (title, names) in zip(axes.ravel(), TRAINING_PANELS):
         for name in names:
-            series = next((v for k, v in scalars.items() if k.split("/")[-1].endswith(name)), None)
+            series = scalars.get(name)
             if not series:
                 continue
             series = [(step, value) for step, value in sorted(series) if math.isfinite(value)]  # nan: no such crops
