@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -12,3 +13,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"the real CT data folder {SHARED_DATA} is missing (set GF_SHARED_DATA)")
     return SHARED_DATA
+
+
+def reduced_datalist(path: Path) -> Path:
+    """The committed datalist with one lesion scan in training (LIDC) and one in validation (STS_003), the size the
+    training and calibration tests are made for; the full split (25 training, 9 tuning scans) is for real runs."""
+    full = json.loads((ROOT / "configs" / "datalist.json").read_text())
+    reduced = {
+        **full,
+        "training": [item for item in full["training"] if item["id"] == "lidc_idri_0314"],
+        "validation": [item for item in full["validation"] if item["id"] == "STS_003"],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(reduced))
+    return path

@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 
 from bundle.calibrate import choose_lesion_score, choose_threshold, main, rewrite_threshold_line
 from bundle.checkpoint import WeightsError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, reduced_datalist
 
 INFERENCE = ROOT / "configs/inference.yaml"
 SMALL = ROOT / "configs/small.yaml"
@@ -152,7 +152,7 @@ def _args(shared_data, tmp_path, *extra):
         "--config_file",
         str(SMALL),
         "--datalist",
-        str(ROOT / "configs/datalist.json"),
+        str(reduced_datalist(tmp_path / "datalist_reduced.json")),
         "--dataset_dir",
         str(shared_data),
         "--split",

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, reduced_datalist
 
 
 def _networks(seed: int) -> dict:
@@ -36,6 +36,7 @@ def test_two_process_ddp_training_on_cpu(shared_data, tmp_path):
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
         "--roi_size", "[64,64,32]", "--max_epochs", "2", "--val_interval", "2", "--warmup_iterations", "0",
         "--init_weights", str(tmp_path / "stage1.pt"),
+        "--datalist", str(reduced_datalist(tmp_path / "datalist_reduced.json")),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

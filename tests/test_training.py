@@ -10,7 +10,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from bundle.checkpoint import load_weights
-from tests.conftest import ROOT
+from tests.conftest import ROOT, reduced_datalist
 
 TRAIN = [str(ROOT / "configs/train.yaml"), str(ROOT / "configs/small.yaml")]
 # 64 x 64 x 32 windows keep CPU iterations short; everything else is the small configuration as shipped.
@@ -28,7 +28,7 @@ def _workflow(tmp_path, shared_data, **override) -> ConfigWorkflow:
         dataset_dir=str(shared_data),
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "runs"),
-        **{**FAST, **override},
+        **{**FAST, "datalist": str(reduced_datalist(tmp_path / "datalist_reduced.json")), **override},
     )
     wf.initialize()
     return wf
@@ -84,6 +84,7 @@ def test_a_few_iterations_write_checkpoints_and_train_both_networks(shared_data,
         ckpt_dir=str(models),
         ckpt_path=str(models / "model.pt"),
         output_dir=str(tmp_path / "eval"),
+        datalist=str(tmp_path / "datalist_reduced.json"),
         **FAST,
     )
     check.initialize()
@@ -200,6 +201,7 @@ def test_mlflow_tracking_records_losses_and_validation_metrics(shared_data, tmp_
         output_dir=str(tmp_path / "runs"),
         max_epochs=1,
         val_interval=1,
+        datalist=str(reduced_datalist(tmp_path / "datalist_reduced.json")),
         **FAST,
     )
     wf.initialize()
