@@ -23,7 +23,7 @@ def test_key_slice_png_matches_simpleitk_in_radiological_orientation(tmp_path):
     label = LoadImage(image_only=True, reader="ITKReader")(str(LUNG1 / "lung1_label.nrrd"))
     case_dir = tmp_path / "lung1_image"
     atomic_write_nifti((label > 0).to(dtype=label.dtype), label.affine, case_dir / "lung1_image_lesion.nii.gz")
-    findings = {"region": "chest", "lesions": [{"max_probability": 0.9, "voxels": int((label > 0).sum())}]}
+    findings = {"region": "chest", "lesions": [{"number": 1, "max_probability": 0.9, "voxels": int((label > 0).sum())}]}
     (case_dir / "lung1_image_findings.json").write_text(json.dumps(findings))
 
     main([str(image_path), str(tmp_path)])
