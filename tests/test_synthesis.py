@@ -317,6 +317,6 @@ def test_train_preprocessing_with_synthesis_labels_a_lesion_free_scan(shared_dat
     preprocessing.set_random_state(seed=0)
     item = {"image": str(shared_data / TS / "example_ct.nii.gz"), "region": "abdomen"}
     crops = preprocessing(item)
-    assert crops[0]["synth_organ"] == "lung"
+    assert crops[0]["synth_organ"] in ("lung", "soft_tissue")  # the HU-threshold hosts of a scan without organ map
     assert sum(float(c["label"].sum()) for c in crops) > 0
     assert float(crops[0]["image"].max()) <= 1.0  # windowed after synthesis
