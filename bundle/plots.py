@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bundle.writers import atomic_path
 
@@ -96,17 +98,21 @@ def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: in
     from bundle.keyslice import render_key_slice
     from bundle.transforms import region_window
 
-    def ras(path: str, reader: str | None = "ITKReader"):
+    def ras(path: str, reader: str | None = "ITKReader", keep=None):
         image = LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(path)
+        if keep is not None:
+            image = keep(image)
         return np.asarray(Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)[0])
 
     min_score = report["settings"].get("min_score")
     tiles = []
     for case in (c for c in report["per_case"] if c["gt_voxels"]):
         label = ras(case["label"]) > 0
-        pred = ras(case["prediction"], None) > 0
+        keep = None
         if min_score is not None:  # what the operating point reports, not every written lesion
-            pred = _at_operating_point(pred, case["prediction"], min_score, report["settings"].get("lesion_score"))
+            keep = partial(_at_operating_point, prediction=case["prediction"], min_score=min_score,
+                           score=report["settings"].get("lesion_score"))  # fmt: skip
+        pred = ras(case["prediction"], None, keep) > 0
         image = ras(case["image"])
         index = int(label.sum(axis=(0, 1)).argmax())
         window = region_window(case.get("region") or "abdomen")
@@ -125,21 +131,18 @@ def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: in
         sheet.save(tmp, format="PNG")
 
 
-def _at_operating_point(pred: np.ndarray, prediction: str, min_score: float, score: str | None) -> np.ndarray:
-    """The lesions of a RAS prediction whose findings score (``score``, else the findings' own) reaches
-    ``min_score``."""
-    from bundle.findings import label_lesions
+def _at_operating_point(image, prediction: str, min_score: float, score: str | None):
+    """The written prediction (channel first, on its own grid) without the lesions whose findings score (``score``,
+    else the findings' own) is below ``min_score``; lesions matched to the findings by ``lesion_label_map``."""
+    from bundle.findings import lesion_label_map
 
     findings = json.loads(Path(prediction.replace("_lesion.nii.gz", "_findings.json")).read_text())
     score = score or findings.get("lesion_score", "max_probability")
-    labels, _ = label_lesions(pred)
-    # components are the same in any axis order; match them to the findings by voxel count, then score
-    kept = np.zeros_like(pred)
-    counts = {les["voxels"]: les[score] for les in findings["lesions"]}
-    for index, size in enumerate(np.bincount(labels.ravel())[1:], start=1):
-        if counts.get(int(size), 0.0) >= min_score:
-            kept |= labels == index
-    return kept
+    numbers = lesion_label_map(np.asarray(image[0]) > 0, image.affine.numpy(), findings["lesions"])
+    kept = [les["number"] for les in findings["lesions"] if les[score] >= min_score]
+    image = image.clone()
+    image[0] = torch.from_numpy(np.isin(numbers, kept).astype(np.float32))
+    return image
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
