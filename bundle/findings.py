@@ -40,9 +40,9 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 LESION_SCORES = {"max_probability": ndimage.maximum, "mean_probability": ndimage.mean}
-"""What a lesion's detection score can be: its highest or its mean voxel probability. The maximum of a trained
-network saturates at 1.0 on false positives too; the mean over the component keeps lesions and false positives apart
-where the maximum cannot (the calibration record reports the margin)."""
+"""What a lesion's detection score can be: its highest or its mean voxel probability. Where a network's maxima
+saturate at 1.0 on false positives too, the mean may still keep lesions and false positives apart; the calibration
+record reports the margin on both, so the choice is measured, not assumed."""
 
 
 def drop_low_score_lesions(
