@@ -5,10 +5,11 @@ Operator graph (each stage its own operator, timed, replaceable)::
     DICOM loader -> CT series selector -> series to volume -> preprocessing -> Glance selector
         -> Focus segmenter -> SEG writer -> SR writer -> findings writer (atomic publish)
 
-The stages call the bundle's code (``bundle.inferer.GlanceFocusInferer.pad/select/focus_blend/crop``, the config's
-``preprocessing`` and ``postprocessing``), read from the bundle folder given as the model path: one implementation,
-two front doors (``python -m monai.bundle run`` and this app). A NIfTI file or folder of NIfTI files as input takes
-the research path: NIfTI loader -> the same stages -> findings JSON and NIfTI mask.
+The stages call the bundle's code (``bundle.inferer.GlanceFocusInferer.pad/select/segment/crop``, the config's
+``preprocessing_core`` and ``postprocessing_core``, built by ``bundle.pipeline.build_pipeline`` from the bundle folder
+given as the model path): one implementation, two front doors (``python -m monai.bundle run`` and this app). A NIfTI
+file or folder of NIfTI files as input takes the research path: NIfTI loader -> the same stages -> findings JSON and
+NIfTI lesion map.
 
 Run: ``python app -i <dicom folder> -o <output> -m <bundle folder>`` (or HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH,
 HOLOSCAN_MODEL_PATH). Exit statuses: docs/deploy.md. Measured on a 2-core CPU with the small config: README.
@@ -73,9 +74,7 @@ class GFScreenApp(Application):
             loader = CheckedDICOMLoaderOperator(
                 self, CountCondition(self, 1), input_folder=input_path, name="dicom_loader", **common
             )
-            selector = CTSeriesSelectorOperator(
-                self, min_extent_mm=model.min_extent_mm, name="series_selector", **common
-            )
+            selector = CTSeriesSelectorOperator(self, name="series_selector", **common)
             source = SeriesToVolumeOperator(self, name="series_to_volume", **common)
             self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
             self.add_flow(selector, source, {("cases", "cases")})

@@ -43,7 +43,9 @@ def run(input_path: str, model_path: str) -> dict:
     result["wall_including_model_setup"] = round(wall, 2)
     result["stages"] = stages
     result["cases"] = [  # the lesion count sets the SEG's size and writing time
-        {**c.findings["glance_focus"], "lesion_count": c.findings["lesion_count"]} for c in report.cases if c.ok
+        {**c.screened.findings["glance_focus"], "lesion_count": c.screened.findings["lesion_count"]}
+        for c in report.cases
+        if c.ok
     ]
     result["machine"] = {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     return result

@@ -6,9 +6,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-__all__ = ["Case", "RunReport", "ExitStatus"]
+import numpy as np
+import pydicom
+import torch
+from monai.deploy.core.domain import DICOMSeries, DICOMStudy
+
+from bundle.inferer import GlanceFocusStats, Tiling
+
+__all__ = ["Case", "DicomSource", "ExitStatus", "RunReport", "Screened", "Selection"]
 
 logger = logging.getLogger("gf_screen.app")
 
@@ -25,31 +31,57 @@ class ExitStatus:
 
 
 @dataclass
+class DicomSource:
+    """Where a DICOM case came from: the SDK's study and series, and the series' pydicom datasets sorted along the
+    slice normal (the order of the volume's last axis), which the SEG and SR reference."""
+
+    study: DICOMStudy
+    series: DICOMSeries
+    datasets: list[pydicom.Dataset] = field(default_factory=list)
+
+
+@dataclass
+class Selection:
+    """Glance's part: the padded volume, its windows and each window's score and keep decision."""
+
+    padded: torch.Tensor
+    tiling: Tiling
+    stats: GlanceFocusStats
+
+
+@dataclass
+class Screened:
+    """The bundle's result on the scan's own grid: the lesion map (lesion k = the findings' lesion k) and findings."""
+
+    lesion_map: np.ndarray
+    affine: np.ndarray
+    findings: dict
+
+
+@dataclass
 class Case:
     """One scan on its way through the graph; a failed case keeps its reason and is skipped by later stages.
 
-    ``datasets`` are the series' pydicom datasets sorted along the slice normal (the order of the volume's last axis),
-    ``study`` and ``series`` the SDK's domain objects. Nothing here is logged except ``case_id`` (a UID or file name).
+    ``data`` is the MONAI data dictionary the bundle's transforms read and write. Nothing here is logged except
+    ``case_id`` (a UID or file name).
     """
 
     case_id: str
     source: str
-    kind: str = "dicom"
-    study: Any = None
-    series: Any = None
-    datasets: list = field(default_factory=list)
+    dicom: DicomSource | None = None
     data: dict = field(default_factory=dict)
-    padded: Any = None
-    tiling: Any = None
-    scores: Any = None
-    keep: Any = None
-    findings: dict | None = None
-    mask: Any = None
+    selection: Selection | None = None
+    screened: Screened | None = None
     staging: Path | None = None
-    outputs: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
+    outputs: dict[str, pydicom.Dataset | None] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def kind(self) -> str:
+        """``dicom`` (SEG and SR are written) or ``nifti`` (the research path: a NIfTI lesion map)."""
+        return "dicom" if self.dicom is not None else "nifti"
 
     @property
     def ok(self) -> bool:

@@ -4,8 +4,8 @@ The model path (``-m`` / ``HOLOSCAN_MODEL_PATH``) is a bundle folder: ``configs/
 ``models/model.pt``, or a folder holding exactly one such bundle folder (what ``monai-deploy package --models`` makes of
 a bundle folder with files at its top: ``/opt/holoscan/models/<name>/``). An optional ``configs/app_configs.json``
 lists the configs to merge, in order (for the CPU-size weights: ``["inference.yaml", "small.yaml"]``); without it the
-app reads ``inference.yaml`` alone. Everything is parsed with MONAI's ``ConfigParser``, so the app runs the bundle's
-own objects, not copies of them.
+app reads ``inference.yaml`` alone. ``bundle.pipeline.build_pipeline`` parses them by config id, so the app runs the
+bundle's own objects (``preprocessing_core``, ``inferer``, ``postprocessing_core``), not copies of them.
 """
 
 from __future__ import annotations
@@ -16,14 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from monai.bundle import ConfigParser
-from monai.transforms import Compose, LoadImaged
-from monai.utils import set_determinism
-
 from bundle.checkpoint import WeightsError
-from bundle.inferer import GlanceFocusInferer
-from bundle.transforms import ValidateCTd
+from bundle.pipeline import ScreeningPipeline, build_pipeline
 
 __all__ = [
     "ALLOW_UNTRAINED_ENV",
@@ -54,21 +48,12 @@ def allow_untrained_from_env() -> bool:
 
 @dataclass
 class BundleModel:
-    """The parsed bundle objects the operators share (one instance per app run)."""
+    """The bundle behind one app run: its folder, configs, version and the screening pipeline they build."""
 
     root: Path
     config_files: list[str]
-    parser: ConfigParser
-    device: torch.device
-    glance: torch.nn.Module
-    focus: torch.nn.Module
-    weights: dict
-    inferer: GlanceFocusInferer
-    preprocessing: Compose
-    preprocessing_loaded: Compose
-    postprocessing: Compose
-    min_extent_mm: float
     version: str
+    pipeline: ScreeningPipeline
 
 
 def bundle_root_of(model_path: str | os.PathLike) -> Path:
@@ -134,53 +119,24 @@ def load_bundle(model_path: str | os.PathLike, allow_untrained: bool | None = No
             f"no weights at {ckpt}. Put the trained model.pt there, or set {ALLOW_UNTRAINED_ENV}=1 to run with random "
             "weights (every output is then labelled untrained; its findings are not results)."
         )
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser["bundle_root"] = str(root)
-    parser["ckpt_path"] = str(ckpt)
-    parser["allow_untrained"] = bool(allow_untrained)
-    parser["device"] = f"$torch.device('{device}')"
-    parser["inferer"]["progress"] = False
-    set_determinism(seed=parser.get_parsed_content("seed"))
-    glance = parser.get_parsed_content("glance")
-    focus = parser.get_parsed_content("network")
-    try:
-        weights = parser.get_parsed_content("weights")
-    except Exception as e:  # ConfigParser wraps the error of the expression it evaluates
-        cause = e
-        while cause is not None and not isinstance(cause, WeightsError):
-            cause = cause.__cause__ or cause.__context__
-        raise (cause or e) from None
-    glance.eval()
-    focus.eval()
-    preprocessing = parser.get_parsed_content("preprocessing")
-    validators = [t for t in preprocessing.transforms if isinstance(t, ValidateCTd)]
+    pipeline = build_pipeline(
+        files,
+        {
+            "bundle_root": str(root),
+            "ckpt_path": str(ckpt),
+            "allow_untrained": bool(allow_untrained),
+            "device": f"$torch.device('{device}')",
+            "inferer#progress": False,
+        },
+    )
     model = BundleModel(
-        root=root,
-        config_files=[f.name for f in files],
-        parser=parser,
-        device=parser.get_parsed_content("device"),
-        glance=glance,
-        focus=focus,
-        weights=weights,
-        inferer=parser.get_parsed_content("inferer"),
-        preprocessing=preprocessing,
-        preprocessing_loaded=Compose([t for t in preprocessing.transforms if not isinstance(t, LoadImaged)]),
-        postprocessing=Compose(
-            [
-                t
-                for t in parser.get_parsed_content("postprocessing").transforms
-                if type(t).__name__ != "SaveScanOutputsd"
-            ]
-        ),
-        min_extent_mm=validators[0].min_extent_mm if validators else 30.0,
-        version=bundle_version(root),
+        root=root, config_files=[f.name for f in files], version=bundle_version(root), pipeline=pipeline
     )
     logger.info(
         "Bundle %s (configs %s), weights %s, device %s",
         root,
         model.config_files,
-        weights.get("status"),
-        model.device,
+        pipeline.weights.get("status"),
+        pipeline.device,
     )
     return model

@@ -19,11 +19,11 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
 from pydicom.errors import InvalidDicomError
 
-from app.cases import Case, RunReport
+from app.cases import Case, DicomSource, RunReport, Screened, Selection
 from app.model import BundleModel
-from bundle.data import IMAGE_SUFFIXES
+from bundle.data import IMAGE_SUFFIXES, case_id_of
+from bundle.inferer import GLANCE_FOCUS_KEY, stats_meta
 from bundle.validation import InvalidScanError, check_complete, check_series_headers, is_dicom_file
-from bundle.writers import case_id_of
 
 __all__ = [
     "StageOperator",
@@ -45,9 +45,14 @@ REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 
 
 class StageOperator(Operator):
-    """Base of the per-case stages: ``cases`` in, ``cases`` out, ``process(case)`` on each healthy case, timed."""
+    """Base of the per-case stages: ``cases`` in, ``process(case)`` on each healthy case, timed, ``cases`` out.
+
+    The one per-case loop of the app: a case whose stage raises is failed with the reason and skipped downstream,
+    so one bad series never stops the others. A sink (``emits = False``) has no output port.
+    """
 
     stage = "stage"
+    emits = True
 
     def __init__(self, fragment: Fragment, *args, report: RunReport, **kwargs) -> None:
         self.report = report
@@ -55,7 +60,8 @@ class StageOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("cases")
-        spec.output("cases")
+        if self.emits:
+            spec.output("cases")
 
     def compute(self, op_input, op_output, context) -> None:
         cases = op_input.receive("cases")
@@ -70,11 +76,16 @@ class StageOperator(Operator):
                 logger.debug("%s: %s failed", case.case_id, self.stage, exc_info=True)
                 case.fail(self.stage, f"{type(e).__name__}: {e}" if not isinstance(e, InvalidScanError) else str(e))
             case.timings[self.stage] = round(time.perf_counter() - t, 3)
+        self.finish(cases)
         self.report.stage_seconds[self.stage] = round(time.perf_counter() - t0, 3)
-        op_output.emit(cases, "cases")
+        if self.emits:
+            op_output.emit(cases, "cases")
 
     def process(self, case: Case) -> None:
         raise NotImplementedError
+
+    def finish(self, cases: list[Case]) -> None:
+        """After every case: nothing, unless the stage has cleaning up to do."""
 
 
 class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
@@ -120,38 +131,17 @@ def describe_series(series) -> str:
     return f"series {series.SeriesInstanceUID} (number {series.SeriesNumber}, {len(series.get_sop_instances())} files)"
 
 
-def series_problem(series, min_extent_mm: float) -> tuple[str | None, dict]:
-    """Why ``series`` cannot be screened (None if it can), and its header facts.
-
-    The rules: CT; not a localizer and not derived (ImageType); one complete, axial, evenly spaced series
-    (``bundle.validation.check_series_headers``, the bundle's own DICOM check); at least ``min_extent_mm`` along the
-    slice axis (the bundle's ``ValidateCTd`` minimum).
-    """
-    instances = series.get_sop_instances()
-    headers = [inst.get_native_sop_instance() for inst in instances]
+def series_problem(series) -> tuple[str | None, dict]:
+    """Why ``series`` cannot be screened (None if it can), and its header facts: the bundle's own DICOM series policy
+    (``bundle.validation.check_series_headers``), so both entry points accept and refuse the same series."""
+    headers = [inst.get_native_sop_instance() for inst in series.get_sop_instances()]
     if not headers:
         return "no image instances", {}
-    modality = str(getattr(headers[0], "Modality", ""))
-    if modality != "CT":
-        return f"modality {modality or 'missing'}, not CT", {}
-    image_types = {str(v).upper() for h in headers for v in (getattr(h, "ImageType", None) or [])}
-    if "LOCALIZER" in image_types:
-        return "a localizer (scout), not a volume", {}
-    if any(str((getattr(h, "ImageType", None) or ["ORIGINAL"])[0]).upper() == "DERIVED" for h in headers):
-        return "a derived series (ImageType DERIVED: reformat, MIP or processed copy)", {}
     files = [Path(getattr(h, "filename", "") or "instance") for h in headers]
     try:
-        info = check_series_headers(headers, files, f"series {series.SeriesInstanceUID}")
+        return None, check_series_headers(headers, files, f"series {series.SeriesInstanceUID}")
     except InvalidScanError as e:
-        return str(e).split(": ", 1)[-1], {}
-    extent = info["n_slices"] * info["slice_spacing_mm"]
-    if extent < min_extent_mm:
-        return (
-            f"too small to screen: {info['n_slices']} slices cover {extent:.1f} mm along the slice axis, "
-            f"at least {min_extent_mm:.0f} mm are needed",
-            info,
-        )
-    return None, info
+        return str(e).split(": ", 1)[-1].rstrip("."), {}
 
 
 class CTSeriesSelectorOperator(Operator):
@@ -161,9 +151,8 @@ class CTSeriesSelectorOperator(Operator):
     ``Case`` per study, holding the SDK's study and series objects.
     """
 
-    def __init__(self, fragment: Fragment, *args, report: RunReport, min_extent_mm: float = 30.0, **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, report: RunReport, **kwargs) -> None:
         self.report = report
-        self.min_extent_mm = min_extent_mm
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -179,7 +168,7 @@ class CTSeriesSelectorOperator(Operator):
         for study in studies:
             candidates = []
             for series in study.get_all_series():
-                problem, info = series_problem(series, self.min_extent_mm)
+                problem, info = series_problem(series)
                 if problem:
                     message = f"{describe_series(series)}: {problem}"
                     self.report.rejected_series.append(message)
@@ -192,7 +181,7 @@ class CTSeriesSelectorOperator(Operator):
                 continue
             series = min(candidates, key=lambda c: c[:3])[3]
             logger.info("Study %s: screening %s", study.StudyInstanceUID, describe_series(series))
-            cases.append(Case(case_id=series.SeriesInstanceUID, source="DICOM", study=study, series=series))
+            cases.append(Case(case_id=series.SeriesInstanceUID, source="DICOM", dicom=DicomSource(study, series)))
         self.report.cases.extend(cases)
         self.report.stage_seconds["select"] = round(time.perf_counter() - t0, 3)
         op_output.emit(cases, "cases")
@@ -213,7 +202,7 @@ class SeriesToVolumeOperator(StageOperator):
         super().__init__(fragment, *args, report=report, **kwargs)
 
     def process(self, case: Case) -> None:
-        series = case.series
+        series = case.dicom.series
         self.sdk.prepare_series(series)
         datasets = [inst.get_native_sop_instance() for inst in series.get_sop_instances()]
         voxels = self.sdk.generate_voxel_data(series)
@@ -236,7 +225,7 @@ class SeriesToVolumeOperator(StageOperator):
             "original_channel_dim": "no_channel",
             "filename_or_obj": case.case_id,
         }
-        case.datasets = datasets
+        case.dicom.datasets = datasets
         case.data = {
             "image": MetaTensor(torch.from_numpy(array), meta=meta),
             "id": case.case_id,
@@ -258,10 +247,7 @@ class NiftiCasesOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         path = self.input_path
         files = [path] if path.is_file() else sorted(p for p in path.iterdir() if is_nifti(p))
-        cases = [
-            Case(case_id=case_id_of(f), source=str(f), kind="nifti", data={"image": str(f), "id": case_id_of(f)})
-            for f in files
-        ]
+        cases = [Case(case_id=case_id_of(f), source=str(f), data={"image": str(f), "id": case_id_of(f)}) for f in files]
         if not cases:
             logger.error("No NIfTI scan in %s.", path)
         self.report.cases.extend(cases)
@@ -272,62 +258,53 @@ def is_nifti(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(tuple(s for s in IMAGE_SUFFIXES if ".nii" in s))
 
 
-class PreprocessOperator(StageOperator):
-    """The bundle's ``preprocessing`` (``LoadImaged`` only for file input: DICOM arrives as a volume already)."""
+class ModelStageOperator(StageOperator):
+    """A stage that runs a piece of the bundle's screening pipeline."""
+
+    def __init__(self, fragment: Fragment, *args, model: BundleModel, report: RunReport, **kwargs) -> None:
+        self.pipeline = model.pipeline
+        super().__init__(fragment, *args, report=report, **kwargs)
+
+
+class PreprocessOperator(ModelStageOperator):
+    """The bundle's ``preprocessing`` for a file, its ``preprocessing_core`` for a volume read from DICOM."""
 
     stage = "preprocessing"
 
-    def __init__(self, fragment: Fragment, *args, model: BundleModel, report: RunReport, **kwargs) -> None:
-        self.model = model
-        super().__init__(fragment, *args, report=report, **kwargs)
-
     def process(self, case: Case) -> None:
-        chain = self.model.preprocessing if case.kind == "nifti" else self.model.preprocessing_loaded
+        chain = self.pipeline.preprocessing if case.kind == "nifti" else self.pipeline.preprocessing_core
         case.data = chain(case.data)
 
 
-class GlanceSelectorOperator(StageOperator):
+class GlanceSelectorOperator(ModelStageOperator):
     """Glance: score every window of the scan, keep those at or above the threshold (``GlanceFocusInferer.select``)."""
 
     stage = "glance"
 
-    def __init__(self, fragment: Fragment, *args, model: BundleModel, report: RunReport, **kwargs) -> None:
-        self.model = model
-        super().__init__(fragment, *args, report=report, **kwargs)
-
     def process(self, case: Case) -> None:
-        image = case.data["image"][None].to(self.model.device)
-        case.padded, case.tiling = self.model.inferer.pad(image)
-        case.scores, case.keep = self.model.inferer.select(case.padded, case.tiling)
-        logger.info("%s: Glance kept %d of %d windows", case.case_id, int(case.keep.sum()), len(case.tiling.slices))
+        inferer = self.pipeline.inferer
+        padded, tiling = inferer.pad(case.data["image"][None].to(self.pipeline.device))
+        case.selection = Selection(padded, tiling, inferer.select(padded, tiling))
 
 
-class FocusSegmenterOperator(StageOperator):
-    """Focus on the kept windows, blended (``GlanceFocusInferer.focus_blend``), then the bundle's postprocessing.
+class FocusSegmenterOperator(ModelStageOperator):
+    """Focus on the kept windows (``GlanceFocusInferer.segment``), then the bundle's ``postprocessing_core``.
 
-    The postprocessing (``Invertd`` to the scan's own grid and ``LesionFindingsd``) comes from the config, so the
-    mask is on the DICOM grid and the findings are those of the bundle.
+    The prediction carries the Glance-Focus statistics in its metadata as the inferer's own output does; the
+    postprocessing (body bound, ``Invertd`` to the scan's own grid, ``LesionFindingsd``) gives the lesion map on the
+    DICOM grid and the findings of the bundle.
     """
 
     stage = "focus"
 
-    def __init__(self, fragment: Fragment, *args, model: BundleModel, report: RunReport, **kwargs) -> None:
-        self.model = model
-        super().__init__(fragment, *args, report=report, **kwargs)
-
     def process(self, case: Case) -> None:
-        inferer, image = self.model.inferer, case.data["image"]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            prob = inferer.focus_blend(case.padded, case.tiling, case.keep, self.model.focus)
-        prob = inferer.crop(prob, case.tiling, image.shape[1:])[0].to(image.device)
-        inferer.record(case.tiling, case.scores, case.keep, case.timings.get("glance", 0.0), time.perf_counter() - t0)
-        case.padded = None
-        data = dict(case.data)
-        data["pred"] = MetaTensor(
-            prob, affine=image.affine, meta=image.meta, applied_operations=image.applied_operations
-        )
-        out = self.model.postprocessing(data)
-        case.mask = out["pred"][0].numpy().astype(np.uint8)
-        case.findings = out["findings"]
-        case.data = {"image_meta": image.meta, "affine": out["pred"].affine.numpy()}
+        inferer, image, selection = self.pipeline.inferer, case.data["image"], case.selection
+        prob = inferer.segment(selection.padded, selection.tiling, selection.stats, self.pipeline.focus)
+        prob = inferer.crop(prob, selection.tiling, image.shape[1:])[0].to(image.device)
+        case.selection = None  # the padded volume is no longer needed
+        pred = MetaTensor(prob, meta=dict(image.meta), applied_operations=image.applied_operations)
+        pred.meta[GLANCE_FOCUS_KEY] = stats_meta([selection.stats])
+        out = self.pipeline.postprocessing_core({**case.data, "pred": pred})
+        lesion_map = out["pred"]
+        case.screened = Screened(lesion_map[0].numpy(), lesion_map.affine.numpy(), out["findings"])
+        case.data = {}

@@ -3,7 +3,19 @@
 The submodules are imported here so that bundle configs can use ``$import bundle`` and call ``bundle.<module>.<name>``.
 """
 
-from bundle import checkpoint, data, evaluation, findings, inferer, metrics, networks, transforms, validation, writers
+from bundle import (
+    checkpoint,
+    data,
+    evaluation,
+    findings,
+    inferer,
+    metrics,
+    networks,
+    pipeline,
+    transforms,
+    validation,
+    writers,
+)
 
 __all__ = [
     "checkpoint",
@@ -13,6 +25,7 @@ __all__ = [
     "inferer",
     "metrics",
     "networks",
+    "pipeline",
     "transforms",
     "validation",
     "writers",

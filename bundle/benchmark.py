@@ -1,8 +1,8 @@
 """Dense against Glance-Focus inference on one scan, same weights, same process: is Glance-Focus worth it here?
 
-Everything is built from the bundle configs (``preprocessing``, ``glance``, ``network``, ``weights`` and the inferer
-parameters), so the figures are those of what ``configs/inference.yaml`` runs, on this machine. Example (small CPU
-networks, no trained weights, the paper's average keep fraction)::
+Everything is built from the bundle configs by ``bundle.pipeline.build_pipeline`` (``preprocessing``, ``glance``,
+``network``, ``weights`` and the inferer parameters), so the figures are those of what ``configs/inference.yaml``
+runs, on this machine. Example (small CPU networks, no trained weights, the paper's average keep fraction)::
 
     python -m bundle.benchmark --input ../shared/data/tcia_pancreatic_ct_cbct_seg_full_series/dicom \\
         --config_file configs/inference.yaml --config_file configs/small.yaml --allow_untrained \\
@@ -30,12 +30,11 @@ from pathlib import Path
 
 import psutil
 import torch
-from monai.bundle import ConfigParser
 from monai.transforms import Compose, Orientationd
-from monai.utils import set_determinism
 
 from bundle.data import list_inputs
-from bundle.inferer import GlanceFocusInferer, Tiling
+from bundle.inferer import GlanceFocusInferer, Tiling, stats_of
+from bundle.pipeline import ScreeningPipeline, build_pipeline
 from bundle.transforms import CropAxialRanged
 from bundle.writers import atomic_write_json
 
@@ -64,7 +63,7 @@ def top_fraction_mask(scores: torch.Tensor, keep_fraction: float) -> torch.Tenso
 
 
 class MeasuredInferer(GlanceFocusInferer):
-    """The bundle's inferer, unchanged except that it remembers its last keep mask and can keep a fixed fraction.
+    """The bundle's inferer, unchanged except that it can keep a fixed fraction of the windows.
 
     With ``keep_fraction`` the kept windows are the top ``round(k * n)`` by Glance score (``top_fraction_mask``).
     That is for measuring compute at a given keep fraction with untrained weights, where a probability threshold
@@ -76,18 +75,12 @@ class MeasuredInferer(GlanceFocusInferer):
         if keep_fraction is not None and self.threshold is None:
             raise ValueError("keep_fraction needs Glance to run: give a threshold, not None (dense).")
         self.keep_fraction = keep_fraction
-        self.last_keep: torch.Tensor | None = None
-        self.last_selected_threshold: float | None = None
 
     def keep_mask(self, scores: torch.Tensor) -> torch.Tensor:
         """The bundle's rule (p >= threshold, or all in dense mode), or the top fraction when one is set."""
         if self.keep_fraction is None:
-            keep = super().keep_mask(scores)
-        else:
-            keep = top_fraction_mask(scores, self.keep_fraction)
-            self.last_selected_threshold = float(scores[keep].min()) if keep.any() else None
-        self.last_keep = keep
-        return keep
+            return super().keep_mask(scores)
+        return top_fraction_mask(scores, self.keep_fraction)
 
 
 def _rss() -> int:
@@ -169,8 +162,9 @@ def cpu_model() -> str:
 
 def _run_mode(
     inferer: MeasuredInferer, image: torch.Tensor, network: torch.nn.Module, device: torch.device, amp: bool
-) -> tuple[torch.Tensor, dict]:
-    """One inferer call, timed and memory-sampled; returns the probabilities (on CPU) and the figures."""
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One inferer call, timed and memory-sampled; returns the probabilities (on CPU), the keep mask and the
+    figures."""
     _release_freed_memory()
     with PeakMemory(device) as memory, torch.inference_mode(), torch.autocast(device.type, enabled=amp):
         t0 = time.perf_counter()
@@ -178,18 +172,19 @@ def _run_mode(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         total = time.perf_counter() - t0
-    stats = inferer.last_stats
+    (stats,) = stats_of(prob)
+    selected = float(stats.scores[stats.keep].min()) if stats.keep.any() else None
     figures = {
         "windows_total": stats.windows_total,
         "windows_kept": stats.windows_kept,
         "keep_fraction": stats.keep_fraction,
-        "threshold": inferer.last_selected_threshold if inferer.keep_fraction is not None else stats.threshold,
+        "threshold": selected if inferer.keep_fraction is not None else stats.threshold,
         "glance_seconds": stats.glance_seconds,
         "focus_seconds": stats.focus_seconds,
         "total_seconds": total,
         **memory.as_dict(),
     }
-    return prob.cpu(), figures
+    return prob.as_tensor().cpu(), stats.keep, figures
 
 
 def _summarise(runs: list[dict]) -> dict:
@@ -250,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def with_axial_crop(preprocessing: Compose) -> Compose:
-    """The preprocessing with ``CropAxialRanged`` right after ``Orientationd`` (axis 2 is then head-foot)."""
-    transforms = list(preprocessing.transforms)
+    """The preprocessing, flattened, with ``CropAxialRanged`` right after ``Orientationd`` (axis 2: head-foot)."""
+    transforms = list(preprocessing.flatten().transforms)
     index = next((i for i, t in enumerate(transforms) if isinstance(t, Orientationd)), None)
     if index is None:
         raise SystemExit("--axial_range_mm needs an Orientationd in the preprocessing.")
@@ -322,124 +317,139 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _selection(args: argparse.Namespace, pipeline: ScreeningPipeline) -> tuple[float | None, str]:
+    """The Glance threshold of the Glance-Focus mode and where it came from."""
+    if args.keep_fraction is not None:
+        return None, "keep_fraction"
+    if args.threshold is not None:
+        return args.threshold, "cli"
+    return pipeline.get("glance_threshold"), "config"
+
+
+def _inferers(args: argparse.Namespace, pipeline: ScreeningPipeline, threshold: float | None) -> dict:
+    params = {key: pipeline.get(key) for key in ("roi_size", "overlap", "glance_batch_size", "focus_batch_size")}
+    # With a keep fraction the threshold only makes Glance run (not None); the top fraction is what is kept.
+    gf_threshold = 0.0 if args.keep_fraction is not None else threshold
+    return {
+        "dense": MeasuredInferer(pipeline.glance, threshold=None, **params),
+        "glance_focus": MeasuredInferer(
+            pipeline.glance, threshold=gf_threshold, keep_fraction=args.keep_fraction, **params
+        ),
+    }
+
+
+def _measure(inferers: dict, image: torch.Tensor, pipeline: ScreeningPipeline, repeats: int) -> tuple[dict, dict]:
+    """Both modes ``repeats`` times; the runs and how far the outputs differ where they must agree."""
+    network, device, amp = pipeline.focus, pipeline.device, pipeline.amp
+    tiling = inferers["dense"].tile(image.shape[2:])
+    # One window through each network first, so that neither mode pays the one-off start-up costs.
+    with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+        window = image[(slice(None), slice(None), *tiling.slices[0])]
+        pipeline.glance(window)
+        network(window)
+    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    max_diff, n_voxels = 0.0, 0
+    for repeat in range(repeats):
+        # Glance-Focus first: its kept windows say where the two outputs must agree, so only those voxels are held
+        # (not a whole dense probability volume) while the other mode runs.
+        prob, keep, figures = _run_mode(inferers["glance_focus"], image, network, device, amp)
+        runs["glance_focus"].append(figures)
+        region = exclusively_kept(tiling, keep)
+        gf_values = prob[0][:, region]
+        del prob
+        prob, _, figures = _run_mode(inferers["dense"], image, network, device, amp)
+        runs["dense"].append(figures)
+        n_voxels = int(region.sum())
+        if n_voxels:
+            max_diff = max(max_diff, float((prob[0][:, region] - gf_values).abs().max()))
+        del prob, gf_values
+        logger.info("repeat %d/%d done", repeat + 1, repeats)
+    return runs, {"voxels": n_voxels, "max_abs_diff": max_diff if n_voxels else None}
+
+
+def _environment(device: torch.device, amp: bool) -> dict:
+    return {
+        "device": str(device),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "amp": amp,
+    }
+
+
+def _compute_floor(dense: dict, gf: dict) -> dict:
+    """method.md section 4: Glance's cost per window over Focus's, plus the keep fraction, is the fraction of dense
+    compute Glance-Focus cannot go below."""
+    n = dense["windows_total"]
+    glance_per_window, focus_per_window = gf["glance_seconds"] / n, dense["focus_seconds"] / n
+    ratio = glance_per_window / focus_per_window
+    return {
+        "glance_per_window_s": glance_per_window,
+        "focus_per_window_s": focus_per_window,
+        "glance_focus_ratio": ratio,
+        "keep_fraction": gf["keep_fraction"],
+        "fraction_of_dense": ratio + gf["keep_fraction"],
+    }
+
+
+def _preprocess(args: argparse.Namespace, pipeline: ScreeningPipeline) -> tuple[dict, dict, float]:
+    items = list_inputs(args.input)
+    if len(items) != 1:
+        raise SystemExit(f"--input must be one scan, found {len(items)} under {args.input}.")
+    preprocessing = pipeline.preprocessing
+    if args.axial_range_mm:
+        preprocessing = with_axial_crop(preprocessing)
+        items[0]["axial_range_mm"] = list(args.axial_range_mm)
+    t0 = time.perf_counter()
+    data = preprocessing(items[0])
+    return items[0], data, time.perf_counter() - t0
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark; prints the report, writes the JSON if asked, and returns every figure."""
     args = build_parser().parse_args(argv)
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1.")
     configs = args.config_file or list(DEFAULT_CONFIGS)
-    parser = ConfigParser()
-    parser.read_config(configs)
-    parser["input_path"] = str(args.input)
-    parser["allow_untrained"] = args.allow_untrained
-
-    items = list_inputs(args.input)
-    if len(items) != 1:
-        raise SystemExit(f"--input must be one scan, found {len(items)} under {args.input}.")
-
-    # Seed before the networks are built, so that untrained weights are the same every run.
-    set_determinism(seed=parser.get_parsed_content("seed"))
-    device = torch.device(parser.get_parsed_content("device"))
-    amp = bool(parser.get_parsed_content("amp"))
-    glance = parser.get_parsed_content("glance").eval()
-    network = parser.get_parsed_content("network").eval()
-    weights = parser.get_parsed_content("weights")
-    preprocessing = parser.get_parsed_content("preprocessing")
-    params = {
-        key: parser.get_parsed_content(key) for key in ("roi_size", "overlap", "glance_batch_size", "focus_batch_size")
-    }
-    if args.keep_fraction is not None:
-        threshold, source = None, "keep_fraction"
-    elif args.threshold is not None:
-        threshold, source = args.threshold, "cli"
-    else:
-        threshold, source = parser.get_parsed_content("glance_threshold"), "config"
-    # With a keep fraction the threshold only makes Glance run (not None); the top fraction is what is kept.
-    gf_threshold = 0.0 if args.keep_fraction is not None else threshold
-    inferers = {
-        "dense": MeasuredInferer(glance, threshold=None, **params),
-        "glance_focus": MeasuredInferer(glance, threshold=gf_threshold, keep_fraction=args.keep_fraction, **params),
-    }
-
-    if args.axial_range_mm:
-        preprocessing = with_axial_crop(preprocessing)
-        items[0]["axial_range_mm"] = list(args.axial_range_mm)
-    t0 = time.perf_counter()
-    data = preprocessing(items[0])
-    preprocessing_seconds = time.perf_counter() - t0
+    pipeline = build_pipeline(configs, {"input_path": str(args.input), "allow_untrained": args.allow_untrained})
+    threshold, source = _selection(args, pipeline)
+    inferers = _inferers(args, pipeline, threshold)
+    item, data, preprocessing_seconds = _preprocess(args, pipeline)
     meta_image = data["image"]
-    image = meta_image.as_tensor()[None].to(device)
-    tiling = inferers["dense"].tile(image.shape[2:])
-    if tiling.image_size != tuple(image.shape[2:]):
+    image = meta_image.as_tensor()[None].to(pipeline.device)
+    if inferers["dense"].tile(image.shape[2:]).image_size != tuple(image.shape[2:]):
         raise RuntimeError("preprocessing must pad the scan to at least roi_size (SpatialPadd), so windows index it.")
-
-    # One window through each network first, so that neither mode pays the one-off start-up costs.
-    with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
-        window = image[(slice(None), slice(None), *tiling.slices[0])]
-        glance(window)
-        network(window)
-
-    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    max_diff, n_voxels = 0.0, 0
-    for repeat in range(args.repeats):
-        # Glance-Focus first: its kept windows say where the two outputs must agree, so only those voxels are held
-        # (not a whole dense probability volume) while the other mode runs.
-        prob, figures = _run_mode(inferers["glance_focus"], image, network, device, amp)
-        runs["glance_focus"].append(figures)
-        region = exclusively_kept(tiling, inferers["glance_focus"].last_keep)
-        gf_values = prob[0][:, region]
-        del prob
-        prob, figures = _run_mode(inferers["dense"], image, network, device, amp)
-        runs["dense"].append(figures)
-        n_voxels = int(region.sum())
-        if n_voxels:
-            max_diff = max(max_diff, float((prob[0][:, region] - gf_values).abs().max()))
-        del prob, gf_values
-        logger.info("repeat %d/%d done", repeat + 1, args.repeats)
-
+    runs, agreement = _measure(inferers, image, pipeline, args.repeats)
     dense, gf = _summarise(runs["dense"]), _summarise(runs["glance_focus"])
-    n = dense["windows_total"]
-    glance_per_window = gf["glance_seconds"] / n
-    focus_per_window = dense["focus_seconds"] / n
-    ratio = glance_per_window / focus_per_window
     results = {
-        "environment": {
-            "device": str(device),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "amp": amp,
-        },
+        "environment": _environment(pipeline.device, pipeline.amp),
         "configs": configs,
-        "weights": weights,
+        "weights": pipeline.weights,
         "scan": {
             "input": str(args.input),
             "axial_range_mm": args.axial_range_mm,
-            "id": items[0]["id"],
+            "id": item["id"],
             "region": data.get("region"),
             "original_shape": [int(s) for s in meta_image.meta["spatial_shape"]],
             "original_spacing": [round(float(s), 4) for s in meta_image.meta["spacing"]],
             "preprocessed_shape": list(image.shape[1:]),
-            "pixdim": parser.get_parsed_content("pixdim"),
+            "pixdim": pipeline.get("pixdim"),
         },
         "preprocessing_seconds": preprocessing_seconds,
-        "inferer": params,
+        "inferer": {
+            key: getattr(inferers["dense"], key) for key in ("overlap", "glance_batch_size", "focus_batch_size")
+        }
+        | {"roi_size": pipeline.get("roi_size")},
         "selection": {"keep_fraction": args.keep_fraction, "threshold": threshold, "source": source},
         "repeats": args.repeats,
         "dense": dense,
         "glance_focus": gf,
         "runs": runs,
         "speedup": dense["total_seconds"] / gf["total_seconds"],
-        "compute_floor": {
-            "glance_per_window_s": glance_per_window,
-            "focus_per_window_s": focus_per_window,
-            "glance_focus_ratio": ratio,
-            "keep_fraction": gf["keep_fraction"],
-            "fraction_of_dense": ratio + gf["keep_fraction"],
-        },
-        "agreement": {"voxels": n_voxels, "max_abs_diff": max_diff if n_voxels else None},
+        "compute_floor": _compute_floor(dense, gf),
+        "agreement": agreement,
     }
     print(report(results), flush=True)
     if args.output:

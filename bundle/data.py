@@ -9,12 +9,20 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist
 
 from bundle.validation import InvalidScanError, check_dicom_series, is_dicom_file
-from bundle.writers import case_id_of
 
-__all__ = ["list_inputs", "load_datalist", "training_items", "IMAGE_SUFFIXES", "PATH_KEYS"]
+__all__ = ["case_id_of", "list_inputs", "load_datalist", "training_items", "IMAGE_SUFFIXES", "PATH_KEYS"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PATH_KEYS = ("image", "label", "organ")  # datalist values resolved against the data root
+
+
+def case_id_of(image_path: str | os.PathLike) -> str:
+    """Case id from a scan path: the file name without its image suffix, or the DICOM folder's name."""
+    name = Path(image_path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def load_datalist(datalist: str | os.PathLike, split: str, base_dir: str | os.PathLike) -> list[dict]:

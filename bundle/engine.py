@@ -21,7 +21,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 from bundle.checkpoint import load_weights
 from bundle.grl import grl_loss, hit_reward
-from bundle.inferer import GlanceFocusInferer
+from bundle.inferer import GlanceFocusInferer, stats_of
 
 __all__ = ["GRLTrainer", "GlanceWindowMetrics", "LOGGED_TERMS", "logged_terms", "unwrap"]
 
@@ -164,14 +164,16 @@ class GRLTrainer(SupervisedTrainer):
 class GlanceWindowMetrics:
     """Validation handler: keep fraction and window-level Glance sensitivity / specificity over an epoch.
 
-    After each validation scan it reads the inferer's tiling and Glance scores, labels each window positive when it
-    holds a lesion voxel of the (preprocessed) label, and counts kept/discarded windows; at the end of the epoch it
-    puts ``keep_fraction``, ``glance_sensitivity`` and ``glance_specificity`` into ``engine.state.metrics``.
+    After each validation iteration it reads every scan's Glance scores from its prediction (``stats_of``), labels
+    each window positive when it holds a lesion voxel of the (preprocessed) label, and counts kept/discarded windows;
+    at the end of the epoch it puts ``keep_fraction``, ``glance_sensitivity`` and ``glance_specificity`` into
+    ``engine.state.metrics``. The inferer only supplies the window geometry (``tile``).
     """
 
-    def __init__(self, inferer: GlanceFocusInferer, label_key: str = Keys.LABEL) -> None:
+    def __init__(self, inferer: GlanceFocusInferer, label_key: str = Keys.LABEL, pred_key: str = Keys.PRED) -> None:
         self.inferer = inferer
         self.label_key = label_key
+        self.pred_key = pred_key
         self.counts = torch.zeros(4, dtype=torch.long)
 
     def attach(self, engine: Engine) -> None:
@@ -183,18 +185,17 @@ class GlanceWindowMetrics:
         self.counts.zero_()
 
     def update(self, engine: Engine) -> None:
-        tiling, scores = self.inferer.last_tiling, self.inferer.last_scores
-        batch = engine.state.batch
-        label = batch[self.label_key] if isinstance(batch, dict) else batch[0][self.label_key]
-        label = torch.as_tensor(label)
-        label = label.reshape(label.shape[-3:]) > 0  # one single-channel scan per validation iteration
-        if any(tiling.pad):
-            label = torch.nn.functional.pad(label, tiling.pad)
-        positive = torch.tensor([bool(label[s].any()) for s in tiling.slices])
-        kept = self.inferer.keep_mask(scores)
-        self.counts += torch.stack(
-            [(kept & positive).sum(), (~kept & positive).sum(), (~kept & ~positive).sum(), (kept & ~positive).sum()]
-        )
+        for item in engine.state.output:
+            (stats,) = stats_of(item[self.pred_key])
+            label = torch.as_tensor(item[self.label_key])[-1] > 0  # the label, or its one-hot lesion channel
+            tiling = self.inferer.tile(label.shape)
+            if any(tiling.pad):
+                label = torch.nn.functional.pad(label, tiling.pad)
+            positive = torch.tensor([bool(label[s].any()) for s in tiling.slices])
+            kept = stats.keep
+            self.counts += torch.stack(
+                [(kept & positive).sum(), (~kept & positive).sum(), (~kept & ~positive).sum(), (kept & ~positive).sum()]
+            )
 
     def compute(self, engine: Engine) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -24,9 +24,9 @@ import numpy as np
 from monai.transforms import LoadImage
 
 from bundle.data import load_datalist
-from bundle.findings import label_lesions, lesion_label_map
+from bundle.findings import label_lesions
 from bundle.metrics import flare_dsc_nsd, froc, healthy_scan_is_fp, lesion_detection, lesion_scores
-from bundle.writers import atomic_write_json
+from bundle.writers import CaseOutputs, atomic_write_json
 
 __all__ = ["LesionEvaluation", "summarise", "headline_metrics"]
 
@@ -211,17 +211,21 @@ class LesionEvaluation:
         return keep, seconds, findings.get("lesions"), str(findings.get("lesion_score", "max_probability"))
 
     def _score_lesions(
-        self, pred: np.ndarray, affine: np.ndarray, lesions: list[dict] | None, score: str, gt: np.ndarray
+        self, lesion_map: np.ndarray, lesions: list[dict] | None, score: str, gt: np.ndarray
     ) -> tuple[np.ndarray, list[float], list[float]]:
         """The prediction at the operating point, and the lesion and false-positive scores (``lesion_scores``) of
         every written lesion, so that the FROC curve reaches below the operating point when the predictions hold
-        more than it keeps. Findings without a lesion list (predictions made elsewhere) score every lesion 1.0."""
+        more than it keeps. The written lesion map numbers its lesions as the findings do; findings without a lesion
+        list (predictions made elsewhere) have their components labelled here and scored 1.0."""
         if lesions is None:
-            numbers, count = label_lesions(pred)
+            numbers, count = label_lesions(lesion_map > 0)
             scores = {n: 1.0 for n in range(1, count + 1)}
         else:
-            numbers = lesion_label_map(pred, affine, lesions)
+            numbers = lesion_map.astype(np.int64)
             scores = {les["number"]: float(les[score]) for les in lesions}
+            unknown = sorted(set(np.unique(numbers).tolist()) - {0} - set(scores))
+            if unknown:
+                raise ValueError(f"the lesion map holds lesion number(s) {unknown} that its findings do not list")
         found, false_positives = lesion_scores(numbers, scores, gt, connectivity=DETECTION_CONNECTIVITY)
         if self.min_score is not None:
             numbers = np.where(np.isin(numbers, [n for n, v in scores.items() if v >= self.min_score]), numbers, 0)
@@ -229,15 +233,15 @@ class LesionEvaluation:
 
     def _evaluate_case(self, item: dict[str, Any]) -> dict[str, Any]:
         case_id = item["id"]
-        pred_path = self.pred_dir / case_id / f"{case_id}_lesion.nii.gz"
-        findings_path = self.pred_dir / case_id / f"{case_id}_findings.json"
+        outputs = CaseOutputs(self.pred_dir, case_id)
+        pred_path, findings_path = outputs.lesion_map, outputs.findings
         for path in (pred_path, findings_path):
             if not path.is_file():
                 raise FileNotFoundError(f"case {case_id}: prediction file {path} is missing")
         label_img = self._loader(item["label"])
         pred_img = self._loader(str(pred_path))
         gt = np.asarray(label_img) > 0
-        pred = np.asarray(pred_img) > 0
+        pred = np.asarray(pred_img)
         if pred.shape != gt.shape:
             raise ValueError(
                 f"case {case_id}: prediction {pred_path} has shape {pred.shape} but label {item['label']} has shape "
@@ -245,9 +249,10 @@ class LesionEvaluation:
             )
         keep_fraction, total_seconds, lesions, score = self._read_findings(case_id, findings_path)
         score = self.lesion_score or score
-        pred, found_scores, false_positive_scores = self._score_lesions(
-            pred, pred_img.affine.numpy(), lesions, score, gt
-        )
+        try:
+            pred, found_scores, false_positive_scores = self._score_lesions(pred, lesions, score, gt)
+        except ValueError as error:
+            raise ValueError(f"case {case_id}: {pred_path}: {error}") from error
         spacing = [float(s) for s in label_img.pixdim]
         dsc, nsd = flare_dsc_nsd(pred, gt, spacing, self.tolerance_mm)
         detection = lesion_detection(pred, gt, connectivity=DETECTION_CONNECTIVITY)

@@ -13,16 +13,18 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
-from bundle.inferer import GlanceFocusInferer
+from bundle.inferer import GLANCE_FOCUS_KEY, stats_of
 
 __all__ = [
+    "component_scores",
     "label_lesions",
-    "lesion_label_map",
     "longest_axial_diameter_mm",
     "lesion_findings",
     "drop_low_score_lesions",
     "LESION_SCORES",
+    "GlanceFocusStatsd",
     "LesionFindingsd",
+    "lesion_map_dtype",
     "RAS_TO_LPS",
 ]
 
@@ -45,6 +47,15 @@ saturate at 1.0 on false positives too, the mean may still keep lesions and fals
 record reports the margin on both, so the choice is measured, not assumed."""
 
 
+def component_scores(lesion_prob: np.ndarray, labels: np.ndarray, n: int, score: str) -> np.ndarray:
+    """Each connected component's ``score`` (``LESION_SCORES``), rounded to the 4 decimals the findings report."""
+    if score not in LESION_SCORES:
+        raise ValueError(f"score must be one of {sorted(LESION_SCORES)}, got {score!r}")
+    if n == 0:
+        return np.zeros(0)
+    return np.round(np.asarray(LESION_SCORES[score](lesion_prob, labels, index=np.arange(1, n + 1))), 4)
+
+
 def drop_low_score_lesions(
     lesion_prob: np.ndarray,
     mask: np.ndarray,
@@ -58,33 +69,8 @@ def drop_low_score_lesions(
     components whole instead of eroding every lesion, as a higher voxel threshold would.
     """
     labels, n = label_lesions(mask)
-    if n == 0:
-        return mask
-    if score not in LESION_SCORES:
-        raise ValueError(f"score must be one of {sorted(LESION_SCORES)}, got {score!r}")
-    value = LESION_SCORES[score](lesion_prob, labels, index=np.arange(1, n + 1))
-    keep = np.concatenate([[False], np.round(np.asarray(value), 4) >= min_score])
+    keep = np.concatenate([[False], component_scores(lesion_prob, labels, n, score) >= min_score])
     return keep[labels]
-
-
-def lesion_label_map(mask: np.ndarray, affine: np.ndarray, lesions: list[dict]) -> np.ndarray:
-    """Label each connected component of ``mask`` with its lesion number from the findings.
-
-    ``lesion_findings`` numbers lesions by probability and size; the component a number belongs to is found by
-    recomputing each component's voxel count and centroid exactly as the findings do.
-    """
-    labels, n = label_lesions(mask)
-    out = np.zeros(mask.shape, dtype=np.uint16)
-    by_key = {(les["voxels"], tuple(les["centroid_mm"])): les["number"] for les in lesions}
-    if n != len(lesions):
-        raise ValueError(f"the mask has {n} lesions but the findings list {len(lesions)}.")
-    for i, obj in enumerate(ndimage.find_objects(labels), start=1):
-        comp = labels[obj] == i
-        number = by_key.get((int(comp.sum()), _centroid_lps(comp, obj, affine)))
-        if number is None:
-            raise ValueError(f"component {i} of the mask matches no lesion of the findings.")
-        out[obj][comp] = number
-    return out
 
 
 def _centroid_lps(comp: np.ndarray, obj: tuple[slice, ...], affine: np.ndarray) -> tuple[float, ...]:
@@ -125,17 +111,23 @@ def lesion_findings(
     affine: np.ndarray,
     region: str,
     score: str = "max_probability",
-) -> list[dict]:
-    """Per-lesion findings from the lesion probability map and the binary mask, both on the original image grid,
-    numbered by ``score`` (most suspicious first), then volume."""
+    min_score: float | None = None,
+) -> tuple[np.ndarray, list[dict]]:
+    """The lesions of ``mask`` (both arrays on the original image grid), labelled once: the lesion map (0 background,
+    lesion k where the findings' lesion ``number`` is k) and the per-lesion findings, numbered by ``score`` (most
+    suspicious first), then volume. Lesions whose score is below ``min_score`` are dropped whole."""
     labels, n = label_lesions(mask)
+    scores = component_scores(lesion_prob, labels, n, score)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
     lesions = []
     for i, obj in enumerate(ndimage.find_objects(labels), start=1):
+        if min_score is not None and scores[i - 1] < min_score:
+            continue
         comp = labels[obj] == i
         probs = lesion_prob[obj][comp]
         lesions.append(
             {
+                "component": i,
                 "voxels": int(comp.sum()),
                 "centroid_mm": list(_centroid_lps(comp, obj, affine)),
                 "volume_mm3": round(int(comp.sum()) * voxel_mm3, 2),
@@ -146,43 +138,69 @@ def lesion_findings(
             }
         )
     lesions.sort(key=lambda les: (-les[score], -les["volume_mm3"]))
+    number_of = np.zeros(n + 1, dtype=np.uint16)
     for number, les in enumerate(lesions, start=1):
+        number_of[les.pop("component")] = number
         les["number"] = number
-    return lesions
+    return number_of[labels], lesions
+
+
+def lesion_map_dtype(count: int) -> np.dtype:
+    """The smallest unsigned type that numbers ``count`` lesions (uint8 up to 255)."""
+    return np.dtype(np.uint8 if count <= np.iinfo(np.uint8).max else np.uint16)
+
+
+class GlanceFocusStatsd(MapTransform):
+    """Lift the prediction's Glance-Focus statistics (``bundle.inferer.stats_of``) into the data as ``stats_key``.
+
+    ``Invertd`` rebuilds the prediction's metadata from the image's, which never held them: this step, before it,
+    keeps them with the scan for ``LesionFindingsd``.
+    """
+
+    def __init__(self, keys: KeysCollection, stats_key: str = GLANCE_FOCUS_KEY) -> None:
+        super().__init__(keys)
+        self.stats_key = stats_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, object]:
+        d = dict(data)
+        (d[self.stats_key],) = stats_of(d[self.first_key(d)])
+        return d
 
 
 class LesionFindingsd(MapTransform):
-    """Turn the inverted 2-channel probability map into the lesion mask and the findings of the scan.
+    """Turn the inverted 2-channel probability map into the numbered lesion map and the findings of the scan.
 
     A voxel is lesion when its probability is >= ``threshold``; a lesion is reported when its ``score`` (maximum or
     mean probability, ``LESION_SCORES``) is >= ``min_score`` (the calibrated detection operating point; at or below
-    ``threshold`` it drops nothing).
-    ``pred`` becomes the binary mask (uint8, original grid); ``findings`` holds the lesions (method.md 6), the scan's
-    suspicion score (maximum lesion probability), the body region and where it came from, the Glance-Focus
-    accounting of the inferer and the weights' status, so that output from untrained weights is labelled as such.
+    ``threshold`` it drops nothing). ``pred`` becomes the lesion map (original grid: 0 background, k inside the
+    findings' lesion k), so that every later step (writers, SEG, SR, evaluation, calibration, key slices) uses these
+    numbers instead of labelling the mask again. ``findings`` holds the lesions (method.md 6), the scan's suspicion
+    score (maximum lesion probability), the body region and where it came from, the Glance-Focus accounting
+    (``stats_key``, from ``GlanceFocusStatsd``) and the weights' status, so that output from untrained weights
+    is labelled as such.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
-        inferer: GlanceFocusInferer,
         weights: dict,
         threshold: float = 0.5,
         min_score: float = 0.5,
         score: str = "max_probability",
         findings_key: str = "findings",
         region_key: str = "region",
+        stats_key: str = GLANCE_FOCUS_KEY,
     ) -> None:
         super().__init__(keys)
         if score not in LESION_SCORES:
             raise ValueError(f"score must be one of {sorted(LESION_SCORES)}, got {score!r}")
         self.score = score
-        self.inferer = inferer
         self.weights = weights
         self.threshold = threshold
         self.min_score = min_score
         self.findings_key = findings_key
         self.region_key = region_key
+        self.stats_key = stats_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, object]:
         d = dict(data)
@@ -192,10 +210,11 @@ class LesionFindingsd(MapTransform):
             raise ValueError(f"{key}: expected the 2-channel probability MetaTensor after Invertd, got {prob.shape}.")
         affine = prob.affine.numpy()
         lesion_prob = prob[1].numpy().astype(np.float32)
-        mask = drop_low_score_lesions(lesion_prob, lesion_prob >= self.threshold, self.min_score, self.score)
         region = str(d.get(self.region_key, ""))
-        lesions = lesion_findings(lesion_prob, mask, affine, region, self.score)
-        stats = self.inferer.last_stats.as_dict() if self.inferer.last_stats is not None else {}
+        numbers, lesions = lesion_findings(
+            lesion_prob, lesion_prob >= self.threshold, affine, region, self.score, self.min_score
+        )
+        stats = d[self.stats_key].as_dict() if self.stats_key in d else {}
         d[self.findings_key] = {
             "weights": self.weights,
             "region": region,
@@ -209,5 +228,6 @@ class LesionFindingsd(MapTransform):
             "lesions": lesions,
             "glance_focus": stats,
         }
-        d[key] = MetaTensor(torch.from_numpy(mask[None].astype(np.uint8)), affine=prob.affine, meta=prob.meta)
+        lesion_map = torch.from_numpy(numbers[None].astype(lesion_map_dtype(len(lesions))))
+        d[key] = MetaTensor(lesion_map, affine=prob.affine, meta=prob.meta)
         return d

@@ -4,6 +4,10 @@ The tiling, the importance map and the blending are MONAI's own (``dense_patch_s
 the scan interval of ``sliding_window_inference``), so that dense mode (every window kept) reproduces
 ``monai.inferers.sliding_window_inference`` exactly; the only change is that windows Glance discards are never
 segmented and add nothing to the blend (voxels that no kept window covers are background).
+
+Like MONAI's inferers it keeps no per-call state: each scan's selection (its tiling, Glance scores, keep decisions and
+seconds) travels with the prediction, in its metadata under ``GLANCE_FOCUS_KEY``, so that findings, validation
+metrics and the benchmark read them from the scan they belong to.
 """
 
 from __future__ import annotations
@@ -11,39 +15,33 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
 from monai.inferers import Inferer
-from monai.inferers.utils import _get_scan_interval
 from monai.networks.utils import eval_mode
-from monai.utils import BlendMode, ensure_tuple_rep
+from monai.utils import BlendMode
 from tqdm import tqdm
 
 from bundle.networks import select_probability
 
-__all__ = ["GlanceFocusInferer", "GlanceFocusStats", "Tiling"]
+__all__ = [
+    "GLANCE_FOCUS_KEY",
+    "GlanceFocusInferer",
+    "GlanceFocusStats",
+    "Tiling",
+    "scan_interval",
+    "stats_meta",
+    "stats_of",
+]
 
 logger = logging.getLogger("gf_screen.inferer")
 
-
-@dataclass
-class GlanceFocusStats:
-    """Per-scan accounting of one Glance-Focus pass (what the findings and the benchmark report)."""
-
-    windows_total: int
-    windows_kept: int
-    keep_fraction: float
-    threshold: float | None
-    glance_max_p: float | None
-    glance_seconds: float
-    focus_seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+GLANCE_FOCUS_KEY = "glance_focus"
+"""Metadata key of a prediction's Glance-Focus statistics (``stats_meta``; read them with ``stats_of``)."""
 
 
 @dataclass
@@ -53,6 +51,74 @@ class Tiling:
     image_size: tuple[int, ...]
     pad: list[int]
     slices: list[tuple[slice, ...]]
+
+
+@dataclass
+class GlanceFocusStats:
+    """One scan's Glance-Focus pass: each window's Glance score and keep decision, and the seconds of each stage."""
+
+    scores: torch.Tensor
+    keep: torch.Tensor
+    threshold: float | None
+    glance_seconds: float
+    focus_seconds: float = 0.0
+
+    @property
+    def windows_total(self) -> int:
+        return int(self.keep.numel())
+
+    @property
+    def windows_kept(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def keep_fraction(self) -> float:
+        return self.windows_kept / self.windows_total
+
+    def as_dict(self) -> dict:
+        """The accounting the findings JSON records (no per-window values)."""
+        return {
+            "windows_total": self.windows_total,
+            "windows_kept": self.windows_kept,
+            "keep_fraction": self.keep_fraction,
+            "threshold": self.threshold,
+            "glance_max_p": float(self.scores.max()) if self.threshold is not None and self.scores.numel() else None,
+            "glance_seconds": self.glance_seconds,
+            "focus_seconds": self.focus_seconds,
+        }
+
+
+def stats_meta(stats: Sequence[GlanceFocusStats]) -> dict:
+    """The batch's statistics as prediction metadata: tensors with the batch first, so that MONAI's
+    ``decollate_batch`` hands each scan its own row (the scans of a batch share their shape, hence their windows)."""
+    return {
+        "scores": torch.stack([s.scores.float() for s in stats]),
+        "keep": torch.stack([s.keep for s in stats]),
+        "glance_seconds": torch.tensor([s.glance_seconds for s in stats], dtype=torch.float64),
+        "focus_seconds": torch.tensor([s.focus_seconds for s in stats], dtype=torch.float64),
+        "threshold": stats[0].threshold,
+    }
+
+
+def stats_of(pred: torch.Tensor) -> list[GlanceFocusStats]:
+    """The ``GlanceFocusStats`` a prediction carries: one per scan of a batch, or the one of a decollated scan."""
+    meta = pred.meta.get(GLANCE_FOCUS_KEY) if isinstance(pred, MetaTensor) else None
+    if meta is None:
+        raise ValueError("the prediction carries no Glance-Focus statistics: it was not made by GlanceFocusInferer.")
+    scores, keep = torch.as_tensor(meta["scores"]), torch.as_tensor(meta["keep"])
+    glance_s, focus_s = (torch.as_tensor(meta[k]).reshape(-1) for k in ("glance_seconds", "focus_seconds"))
+    if scores.ndim == 1:
+        scores, keep = scores[None], keep[None]
+    return [
+        GlanceFocusStats(scores[i], keep[i].bool(), meta["threshold"], float(glance_s[i]), float(focus_s[i]))
+        for i in range(len(scores))
+    ]
+
+
+def scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> tuple[int, ...]:
+    """The window step of ``sliding_window_inference``: ``roi * (1 - overlap)`` (at least 1), or the roi where the
+    image is exactly one window wide."""
+    return tuple(int(r) if int(s) == int(r) else max(int(r * (1 - overlap)), 1) for s, r in zip(image_size, roi_size))
 
 
 class GlanceFocusInferer(Inferer):
@@ -99,9 +165,6 @@ class GlanceFocusInferer(Inferer):
         self.sigma_scale = sigma_scale
         self.device = device
         self.progress = progress
-        self.last_stats: GlanceFocusStats | None = None
-        self.last_tiling: Tiling | None = None
-        self.last_scores: torch.Tensor | None = None
 
     def tile(self, spatial_shape: Sequence[int]) -> Tiling:
         """Pad (as ``sliding_window_inference`` does) to at least one window and list the windows."""
@@ -113,7 +176,7 @@ class GlanceFocusInferer(Inferer):
         for s, r in reversed(list(zip(spatial_shape, self.roi_size))):
             diff = max(r - int(s), 0)
             pad.extend([diff // 2, diff - diff // 2])
-        interval = _get_scan_interval(image_size, self.roi_size, nd, ensure_tuple_rep(self.overlap, nd))
+        interval = scan_interval(image_size, self.roi_size, self.overlap)
         slices = dense_patch_slices(image_size, self.roi_size, interval, return_slice=True)
         return Tiling(image_size=image_size, pad=pad, slices=list(slices))
 
@@ -139,56 +202,8 @@ class GlanceFocusInferer(Inferer):
             return torch.ones_like(scores, dtype=torch.bool)
         return scores >= self.threshold
 
-    @torch.no_grad()
-    def focus_blend(
-        self, image: torch.Tensor, tiling: Tiling, keep: torch.Tensor, network: torch.nn.Module
-    ) -> torch.Tensor:
-        """Focus softmax on the kept windows, blended with MONAI's importance map; uncovered voxels are background."""
-        out_device = image.device
-        importance = compute_importance_map(
-            get_valid_patch_size(tiling.image_size, self.roi_size),
-            mode=self.mode,
-            sigma_scale=self.sigma_scale,
-            device=out_device,
-            dtype=torch.float32,
-        )[None, None]
-        kept = [s for s, k in zip(tiling.slices, keep.tolist()) if k]
-        prob = None
-        count = torch.zeros((1, 1, *tiling.image_size), dtype=torch.float32, device=out_device)
-        starts = range(0, len(kept), self.focus_batch_size)
-        for start in tqdm(starts, desc="Focus", unit="batch", leave=False) if self.progress else starts:
-            batch_slices = kept[start : start + self.focus_batch_size]
-            seg = torch.softmax(network(self._windows(image, batch_slices)).float(), dim=1).to(out_device)
-            if prob is None:
-                prob = torch.zeros((1, seg.shape[1], *tiling.image_size), dtype=torch.float32, device=out_device)
-            for window, s in zip(seg, batch_slices):
-                idx = (slice(None), slice(None), *s)
-                prob[idx] += window[None] * importance
-                count[idx] += importance
-        if prob is None:
-            prob = torch.zeros((1, 2, *tiling.image_size), dtype=torch.float32, device=out_device)
-        covered = count > 0
-        prob = torch.where(covered, prob / count.clamp_min(torch.finfo(torch.float32).tiny), prob)
-        prob[:, :1] = torch.where(covered, prob[:, :1], torch.ones_like(prob[:, :1]))
-        return prob
-
-    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
-        """Segment ``inputs`` (B, 1, H, W, D): per-class probabilities (B, 2, H, W, D); sets ``last_stats``."""
-        if inputs.ndim != 2 + len(self.roi_size):
-            raise ValueError(f"expected input of shape (B, C, {len(self.roi_size)} spatial dims), got {inputs.shape}.")
-        outputs, stats = [], []
-        for item in inputs:
-            prob, item_stats = self.infer_one(item[None], network)
-            outputs.append(prob)
-            stats.append(item_stats)
-        self.last_stats = stats[-1]
-        out = torch.cat(outputs)
-        if isinstance(inputs, MetaTensor):
-            out = MetaTensor(out, affine=inputs.affine, meta=inputs.meta, applied_operations=inputs.applied_operations)
-        return out
-
     def pad(self, image: torch.Tensor) -> tuple[torch.Tensor, Tiling]:
-        """Tile a volume (1, C, *spatial) and pad it to the tiling's size: the input of ``glance_scores``."""
+        """Tile a volume (1, C, *spatial) and pad it to the tiling's size: the input of ``select`` and ``segment``."""
         image = image.as_tensor() if isinstance(image, MetaTensor) else image
         tiling = self.tile(image.shape[2:])
         if any(tiling.pad):
@@ -203,44 +218,72 @@ class GlanceFocusInferer(Inferer):
         starts = [tiling.pad[2 * (nd - 1 - d)] for d in range(nd)]
         return prob[(slice(None), slice(None), *[slice(b, b + int(s)) for b, s in zip(starts, spatial_shape)])]
 
-    def select(self, image: torch.Tensor, tiling: Tiling) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Glance stage: each window's score (all ones in dense mode: Glance does not run) and the keep mask."""
+    def select(self, image: torch.Tensor, tiling: Tiling) -> GlanceFocusStats:
+        """The Glance stage on a padded volume: each window's score (all ones in dense mode, where Glance does not
+        run) and keep decision, timed; ``focus_seconds`` is filled in by ``segment``."""
+        t0 = time.perf_counter()
         scores = self.glance_scores(image, tiling) if self.threshold is not None else torch.ones(len(tiling.slices))
-        return scores, self.keep_mask(scores)
+        return GlanceFocusStats(scores, self.keep_mask(scores), self.threshold, time.perf_counter() - t0)
 
-    def record(
-        self, tiling: Tiling, scores: torch.Tensor, keep: torch.Tensor, glance_seconds: float, focus_seconds: float
-    ) -> GlanceFocusStats:
-        """Set ``last_tiling``, ``last_scores`` and ``last_stats`` (what the findings report) for one volume."""
-        self.last_tiling, self.last_scores = tiling, scores
-        n_kept = int(keep.sum())
-        stats = GlanceFocusStats(
-            windows_total=len(tiling.slices),
-            windows_kept=n_kept,
-            keep_fraction=n_kept / len(tiling.slices),
-            threshold=self.threshold,
-            glance_max_p=float(scores.max()) if self.threshold is not None and len(scores) else None,
-            glance_seconds=glance_seconds,
-            focus_seconds=focus_seconds,
-        )
-        self.last_stats = stats
+    @torch.no_grad()
+    def segment(
+        self, image: torch.Tensor, tiling: Tiling, stats: GlanceFocusStats, network: torch.nn.Module
+    ) -> torch.Tensor:
+        """The Focus stage: softmax on the windows ``stats`` keeps, blended with MONAI's importance map (uncovered
+        voxels are background); sets ``stats.focus_seconds`` and logs the scan's accounting."""
+        t0 = time.perf_counter()
+        out_device = image.device
+        importance = compute_importance_map(
+            get_valid_patch_size(tiling.image_size, self.roi_size),
+            mode=self.mode,
+            sigma_scale=self.sigma_scale,
+            device=out_device,
+            dtype=torch.float32,
+        )[None, None]
+        kept = [s for s, k in zip(tiling.slices, stats.keep.tolist()) if k]
+        prob = torch.zeros((1, 2, *tiling.image_size), dtype=torch.float32, device=out_device)
+        count = torch.zeros((1, 1, *tiling.image_size), dtype=torch.float32, device=out_device)
+        starts = range(0, len(kept), self.focus_batch_size)
+        for start in tqdm(starts, desc="Focus", unit="batch", leave=False) if self.progress else starts:
+            batch_slices = kept[start : start + self.focus_batch_size]
+            seg = torch.softmax(network(self._windows(image, batch_slices)).float(), dim=1).to(out_device)
+            for window, s in zip(seg, batch_slices):
+                idx = (slice(None), slice(None), *s)
+                prob[idx] += window[None] * importance
+                count[idx] += importance
+        covered = count > 0
+        prob = torch.where(covered, prob / count.clamp_min(torch.finfo(torch.float32).tiny), prob)
+        prob[:, :1] = torch.where(covered, prob[:, :1], torch.ones_like(prob[:, :1]))
+        stats.focus_seconds = time.perf_counter() - t0
         logger.info(
             "Glance kept %d of %d windows (%.1f%%); Glance %.2f s, Focus %.2f s",
-            n_kept,
+            stats.windows_kept,
             stats.windows_total,
             100 * stats.keep_fraction,
             stats.glance_seconds,
             stats.focus_seconds,
         )
-        return stats
+        return prob
 
     def infer_one(self, image: torch.Tensor, network: torch.nn.Module) -> tuple[torch.Tensor, GlanceFocusStats]:
         """Glance then Focus on one volume (1, C, *spatial): the stages the Deploy app runs as separate operators."""
         spatial = image.shape[2:]
         image, tiling = self.pad(image)
-        t0 = time.perf_counter()
-        scores, keep = self.select(image, tiling)
-        t1 = time.perf_counter()
-        prob = self.focus_blend(image, tiling, keep, network)
-        t2 = time.perf_counter()
-        return self.crop(prob, tiling, spatial), self.record(tiling, scores, keep, t1 - t0, t2 - t1)
+        stats = self.select(image, tiling)
+        prob = self.segment(image, tiling, stats, network)
+        return self.crop(prob, tiling, spatial), stats
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> MetaTensor:
+        """Segment ``inputs`` (B, 1, H, W, D): per-class probabilities (B, 2, H, W, D) as a MetaTensor with the input's
+        metadata and, under ``GLANCE_FOCUS_KEY``, each scan's ``GlanceFocusStats``."""
+        if inputs.ndim != 2 + len(self.roi_size):
+            raise ValueError(f"expected input of shape (B, C, {len(self.roi_size)} spatial dims), got {inputs.shape}.")
+        results = [self.infer_one(item[None], network) for item in inputs]
+        out = torch.cat([prob for prob, _ in results])
+        if isinstance(inputs, MetaTensor):
+            out = MetaTensor(out, meta=dict(inputs.meta), applied_operations=inputs.applied_operations)
+        else:
+            out = MetaTensor(out)
+        out.meta[GLANCE_FOCUS_KEY] = stats_meta([stats for _, stats in results])
+        out.is_batch = True
+        return out

@@ -2,10 +2,10 @@
 
     python -m bundle.keyslice sample_data/lung1/lung1_image.nrrd eval
 
-The key slice is the axial slice where the most suspicious lesion of the findings JSON (highest maximum
-probability) has its largest area; with no lesion, the slice of the scan's centre. The image is shown in the HU
-window of the region the bundle used, in radiological orientation (patient right on the image's left, anterior at
-the top), with the lesion mask's outline in red. Written atomically beside the findings as
+The key slice is the axial slice where the most suspicious lesion of the findings JSON (lesion 1 of the lesion map)
+has its largest area; with no lesion, the slice of the scan's centre. The image is shown in the HU window of the
+region the bundle used, in radiological orientation (patient right on the image's left, anterior at the top), with
+the lesion's outline in red. Written atomically beside the findings as
 ``<case_id>_key_slice.png``.
 """
 
@@ -20,8 +20,9 @@ from monai.transforms import LoadImage, Orientation
 from PIL import Image
 from scipy import ndimage
 
+from bundle.data import case_id_of
 from bundle.transforms import region_window
-from bundle.writers import atomic_path, case_id_of
+from bundle.writers import CaseOutputs, atomic_path
 
 __all__ = ["key_slice_index", "render_key_slice", "main"]
 
@@ -35,15 +36,13 @@ def _load_ras(path: Path) -> np.ndarray:
     return np.asarray(Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)[0])
 
 
-def key_slice_index(mask: np.ndarray, voxels: int | None = None) -> int:
-    """Axial index where one lesion component (26-connected) has its largest area: the component whose size is
-    nearest ``voxels`` (the findings' count for a lesion), else the largest; the middle slice of an empty mask."""
-    if not mask.any():
-        return mask.shape[2] // 2
-    components, _ = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    sizes = np.bincount(components.ravel())[1:]
-    label = int(np.argmin(np.abs(sizes - voxels)) if voxels is not None else sizes.argmax()) + 1
-    return int((components == label).sum(axis=(0, 1)).argmax())
+def key_slice_index(lesion_map: np.ndarray, number: int = 1) -> int:
+    """Axial index where lesion ``number`` of a lesion map (the findings' numbering) has its largest area; the middle
+    slice when the map holds no such lesion."""
+    lesion = lesion_map == number
+    if not lesion.any():
+        return lesion_map.shape[2] // 2
+    return int(lesion.sum(axis=(0, 1)).argmax())
 
 
 def render_key_slice(image: np.ndarray, mask: np.ndarray, index: int, window: tuple[float, float]) -> np.ndarray:
@@ -60,17 +59,14 @@ def render_key_slice(image: np.ndarray, mask: np.ndarray, index: int, window: tu
 
 def write_key_slice(image_path: Path, output_dir: Path) -> Path:
     """Render the key slice of the case screened from ``image_path`` into its output folder; returns the PNG path."""
-    case_id = case_id_of(image_path)
-    case_dir = output_dir / case_id
-    findings = json.loads((case_dir / f"{case_id}_findings.json").read_text())
-    image, mask = _load_ras(image_path), _load_ras(case_dir / f"{case_id}_lesion.nii.gz") > 0
-    if image.shape != mask.shape:
-        raise ValueError(f"{image_path}: image {image.shape} and lesion mask {mask.shape} are not on one grid")
-    lesions = findings["lesions"]
-    top = min(lesions, key=lambda les: les["number"])["voxels"] if lesions else None  # lesion 1: most suspicious
-    index = key_slice_index(mask, top)
-    rgb = render_key_slice(image, mask, index, region_window(findings["region"]))
-    png = case_dir / f"{case_id}_key_slice.png"
+    outputs = CaseOutputs(output_dir, case_id_of(image_path))
+    findings = json.loads(outputs.findings.read_text())
+    image, lesion_map = _load_ras(image_path), _load_ras(outputs.lesion_map)
+    if image.shape != lesion_map.shape:
+        raise ValueError(f"{image_path}: image {image.shape} and lesion map {lesion_map.shape} are not on one grid")
+    index = key_slice_index(lesion_map, number=1)  # lesion 1: the most suspicious
+    rgb = render_key_slice(image, lesion_map, index, region_window(findings["region"]))
+    png = outputs.folder / f"{outputs.case_id}_key_slice.png"
     with atomic_path(png, ".png") as tmp:
         Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
     return png

@@ -132,16 +132,13 @@ def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: in
 
 
 def _at_operating_point(image, prediction: str, min_score: float, score: str | None):
-    """The written prediction (channel first, on its own grid) without the lesions whose findings score (``score``,
-    else the findings' own) is below ``min_score``; lesions matched to the findings by ``lesion_label_map``."""
-    from bundle.findings import lesion_label_map
-
+    """The written lesion map (channel first, on its own grid) without the lesions whose findings score (``score``,
+    else the findings' own) is below ``min_score``."""
     findings = json.loads(Path(prediction.replace("_lesion.nii.gz", "_findings.json")).read_text())
     score = score or findings.get("lesion_score", "max_probability")
-    numbers = lesion_label_map(np.asarray(image[0]) > 0, image.affine.numpy(), findings["lesions"])
     kept = [les["number"] for les in findings["lesions"] if les[score] >= min_score]
     image = image.clone()
-    image[0] = torch.from_numpy(np.isin(numbers, kept).astype(np.float32))
+    image[0] = torch.from_numpy(np.isin(np.asarray(image[0]), kept).astype(np.float32))
     return image
 
 

@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRange, SpatialCrop, Transform
 from scipy import ndimage
 
-from bundle.validation import InvalidScanError, check_ct_volume
+from bundle.validation import MIN_EXTENT_MM, InvalidScanError, check_ct_volume
 
 __all__ = [
     "BODY_HU",
@@ -65,7 +65,9 @@ def lung_fraction(hu: np.ndarray) -> float:
 class ValidateCTd(MapTransform):
     """Reject what cannot be screened (2D, absurd spacing, too small, not HU) with a message naming the scan."""
 
-    def __init__(self, keys: KeysCollection, min_extent_mm: float = 30.0, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, min_extent_mm: float = MIN_EXTENT_MM, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.min_extent_mm = min_extent_mm
 

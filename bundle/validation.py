@@ -16,10 +16,13 @@ __all__ = [
     "check_series_headers",
     "check_ct_volume",
     "is_dicom_file",
+    "MIN_EXTENT_MM",
 ]
 
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
+MIN_EXTENT_MM = 30.0
+"""The least extent along every axis (and, for DICOM, along the slice axis) that is worth screening."""
 
 
 class InvalidScanError(ValueError):
@@ -56,7 +59,7 @@ def check_complete(header: pydicom.Dataset, path: Path) -> None:
 
 
 def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> dict:
-    """Check that ``folder`` holds exactly one complete, evenly spaced, axial CT series; return its header facts.
+    """Check that ``folder`` holds exactly one screenable CT series (``check_series_headers``); return its facts.
 
     The readers would otherwise load a wrong modality, a localizer, or a series with missing slices (ITK warns and
     assumes uniform spacing), silently producing a distorted volume.
@@ -78,14 +81,21 @@ def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> d
 def check_series_headers(
     headers: Sequence[pydicom.Dataset], files: Sequence[Path], folder: str | Path, spacing_tolerance: float = 0.05
 ) -> dict:
-    """The series checks of ``check_dicom_series`` on headers already read (the Deploy app reads them itself)."""
+    """The one DICOM series policy of both entry points (bundle inference and the Deploy app), on headers read:
+    one CT series, not a localizer and not derived (ImageType), axial, complete and evenly spaced, and at least
+    ``MIN_EXTENT_MM`` along the slice axis. Raises ``InvalidScanError`` naming ``folder`` and the reason."""
     series = {str(getattr(h, "SeriesInstanceUID", "")) for h in headers}
     if len(series) != 1:
         raise InvalidScanError(f"{folder}: {len(series)} DICOM series in one folder; give one series per folder.")
     first = headers[0]
     modality = str(getattr(first, "Modality", ""))
     if modality != "CT":
-        raise InvalidScanError(f"{folder}: modality is {modality or 'missing'!r}, not CT.")
+        raise InvalidScanError(f"{folder}: modality {modality or 'missing'}, not CT.")
+    image_types = [[str(v).upper() for v in (getattr(h, "ImageType", None) or ["ORIGINAL"])] for h in headers]
+    if any("LOCALIZER" in t for t in image_types):
+        raise InvalidScanError(f"{folder}: a localizer (scout), not a volume.")
+    if any(t[0] == "DERIVED" for t in image_types):
+        raise InvalidScanError(f"{folder}: a derived series (ImageType DERIVED: reformat, MIP or processed copy).")
     for h, path in zip(headers, files):
         if not hasattr(h, "ImagePositionPatient") or not hasattr(h, "ImageOrientationPatient"):
             raise InvalidScanError(f"{path}: no ImagePositionPatient/ImageOrientationPatient; not a CT slice.")
@@ -109,6 +119,12 @@ def check_series_headers(
             f"{folder}: uneven slice spacing or missing slices "
             f"(median gap {step:.3f} mm, found a gap of {worst:.3f} mm)."
         )
+    extent = len(headers) * step
+    if extent < MIN_EXTENT_MM:
+        raise InvalidScanError(
+            f"{folder}: too small to screen: {len(headers)} slices cover {extent:.1f} mm along the slice axis, at "
+            f"least {MIN_EXTENT_MM:.0f} mm are needed."
+        )
     return {
         "series_instance_uid": str(first.SeriesInstanceUID),
         "n_slices": len(headers),
@@ -117,7 +133,9 @@ def check_series_headers(
     }
 
 
-def check_ct_volume(image: np.ndarray, spacing: Sequence[float], source: str, min_extent_mm: float = 30.0) -> None:
+def check_ct_volume(
+    image: np.ndarray, spacing: Sequence[float], source: str, min_extent_mm: float = MIN_EXTENT_MM
+) -> None:
     """Check a loaded volume (C, X, Y, Z) in Hounsfield units: 3D, sane spacing, big enough, HU-like values."""
     if image.ndim != 4 or image.shape[0] != 1:
         raise InvalidScanError(f"{source}: expected one 3D CT volume, got array of shape {tuple(image.shape)}.")

@@ -1,14 +1,16 @@
-"""Per-scan outputs written atomically: the lesion mask (NIfTI, original geometry) and the findings JSON."""
+"""Per-scan outputs: where they go, the findings record as written, and publishing a case folder atomically."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,21 +18,22 @@ from monai.config import KeysCollection
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_nifti", "case_id_of", "SaveScanOutputsd"]
+from bundle.data import case_id_of
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_json",
+    "atomic_write_nifti",
+    "CaseOutputs",
+    "finalize_findings",
+    "log_findings",
+    "publish_folder",
+    "refuse_input_folder",
+    "SaveScanOutputsd",
+    "staging_folder",
+]
 
 logger = logging.getLogger("gf_screen.writers")
-
-_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def case_id_of(image_path: str | os.PathLike) -> str:
-    """Case id from a scan path: the file name without its image suffix, or the DICOM folder's name."""
-    name = Path(image_path).name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
 
 def _temp_beside(path: Path, suffix: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,11 +74,103 @@ def atomic_write_nifti(array: torch.Tensor, affine: torch.Tensor, path: str | os
     return Path(path)
 
 
-class SaveScanOutputsd(MapTransform):
-    """Write ``<output_dir>/<case_id>/<case_id>_lesion.nii.gz`` and ``<case_id>_findings.json`` for one scan.
+@dataclass(frozen=True)
+class CaseOutputs:
+    """Where one case's outputs go: ``<output_dir>/<case_id>/<case_id>_lesion.nii.gz`` and ``..._findings.json``
+    (the layout the bundle, the app, calibration and evaluation all read and write)."""
 
-    The findings get the case id, the input path and the end-to-end seconds (from ``StampTimed``). Nothing is
-    written until both outputs are ready, and an output path that is the input itself is refused.
+    output_dir: Path
+    case_id: str
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.output_dir) / self.case_id
+
+    @property
+    def lesion_map(self) -> Path:
+        return self.folder / f"{self.case_id}_lesion.nii.gz"
+
+    @property
+    def findings(self) -> Path:
+        return self.folder / f"{self.case_id}_findings.json"
+
+
+def staging_folder(output_dir: str | os.PathLike, case_id: str) -> Path:
+    """A private folder beside the case's final one (same file system, so ``publish_folder``'s rename is atomic)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".staging-{case_id}-", dir=output_dir))
+
+
+def refuse_input_folder(folder: Path, source: str | os.PathLike | None) -> None:
+    """Raise when replacing ``folder`` would touch ``source``, the input scan (the file or a folder above it)."""
+    if source and Path(folder).resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
+        raise ValueError(f"{source} is the input scan and lies in the output folder {folder}; choose another output "
+                         "folder.")  # fmt: skip
+
+
+def publish_folder(staging: Path, final: Path, source: str | os.PathLike | None = None) -> Path:
+    """Make ``staging`` the case folder ``final`` in one rename, replacing an older one whole; readers see the old
+    outputs or the new ones, never a mix. Refused (staging removed) when ``source``, the input, lies in ``final``."""
+    staging, final = Path(staging), Path(final)
+    try:
+        refuse_input_folder(final, source)
+    except ValueError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.chmod(0o755)  # mkdtemp's private mode is for the staging only
+    for f in staging.iterdir():
+        f.chmod(0o644)
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".replaced-{final.name}-", dir=final.parent))
+        os.replace(final, old / "old")
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    return final
+
+
+def finalize_findings(
+    findings: dict, case_id: str, source: str, started: float | None, stages: dict | None = None
+) -> dict:
+    """The findings record as written: case id and input first, then the screening's findings, then the seconds
+    (Glance and Focus from the inferer, the app's ``stages`` when given, end to end since ``started``)."""
+    gf = findings.get("glance_focus", {})
+    timings = {
+        "glance_seconds": round(gf.get("glance_seconds", 0.0), 3),
+        "focus_seconds": round(gf.get("focus_seconds", 0.0), 3),
+    }
+    if stages is not None:
+        timings["stages_seconds"] = dict(stages)
+    timings["total_seconds"] = round(time.perf_counter() - float(started), 3) if started is not None else None
+    return {"case_id": case_id, "image": source, **findings, "timings": timings}
+
+
+def log_findings(findings: dict, destination: Path) -> None:
+    """The one log line of a screened case (and a warning when its weights were untrained)."""
+    gf = findings.get("glance_focus", {})
+    logger.info(
+        "%s: %d lesion(s), suspicion score %.3f, region %s [%s], Focus on %s of %s windows, %.1f s -> %s",
+        findings["case_id"],
+        findings["lesion_count"],
+        findings["suspicion_score"],
+        findings.get("region"),
+        findings.get("region_source"),
+        gf.get("windows_kept"),
+        gf.get("windows_total"),
+        findings["timings"]["total_seconds"] or 0.0,
+        destination,
+    )
+    if findings["weights"].get("status") == "untrained":
+        logger.warning("%s: UNTRAINED WEIGHTS - these findings are not results.", findings["case_id"])
+
+
+class SaveScanOutputsd(MapTransform):
+    """Write ``CaseOutputs``: the lesion map (NIfTI, original geometry, lesion k = the findings' lesion k) and the
+    findings JSON of one scan, staged and published as one folder (``publish_folder``).
+
+    The findings get the case id, the input path and the end-to-end seconds (from ``StampTimed``). An output folder
+    that holds the input scan is refused.
     """
 
     def __init__(
@@ -95,37 +190,19 @@ class SaveScanOutputsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         key = self.first_key(d)
-        mask = d[key]
-        source = str(mask.meta.get("filename_or_obj", ""))
+        lesion_map = d[key]
+        source = str(lesion_map.meta.get("filename_or_obj", ""))
         case_id = str(d.get(self.id_key) or case_id_of(source))
-        folder = self.output_dir / case_id
-        mask_path = folder / f"{case_id}_lesion.nii.gz"
-        findings_path = folder / f"{case_id}_findings.json"
-        if source and Path(source).resolve() in (mask_path.resolve(), findings_path.resolve()):
-            raise ValueError(f"{case_id}: the output path {mask_path} is the input scan; choose another output_dir.")
-        findings = {"case_id": case_id, "image": source, **d[self.findings_key]}
-        start = d.get(self.start_time_key)
-        findings["timings"] = {
-            "glance_seconds": round(findings["glance_focus"].get("glance_seconds", 0.0), 3),
-            "focus_seconds": round(findings["glance_focus"].get("focus_seconds", 0.0), 3),
-            "total_seconds": round(time.perf_counter() - float(start), 3) if start is not None else None,
-        }
-        atomic_write_nifti(mask[0], mask.affine, mask_path)
-        atomic_write_json(findings, findings_path)
+        final = CaseOutputs(self.output_dir, case_id)
+        refuse_input_folder(final.folder, source)
+        findings = finalize_findings(d[self.findings_key], case_id, source, d.get(self.start_time_key))
+        staging = staging_folder(self.output_dir, case_id)
+        try:
+            atomic_write_nifti(lesion_map[0], lesion_map.affine, staging / final.lesion_map.name)
+            atomic_write_json(findings, staging / final.findings.name)
+            publish_folder(staging, final.folder, source)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         d[self.findings_key] = findings
-        gf = findings["glance_focus"]
-        logger.info(
-            "%s: %d lesion(s), suspicion score %.3f, region %s [%s], Focus on %s of %s windows, %.1f s -> %s",
-            case_id,
-            findings["lesion_count"],
-            findings["suspicion_score"],
-            findings["region"],
-            findings["region_source"],
-            gf.get("windows_kept"),
-            gf.get("windows_total"),
-            findings["timings"]["total_seconds"] or 0.0,
-            findings_path,
-        )
-        if findings["weights"].get("status") == "untrained":
-            logger.warning("%s: UNTRAINED WEIGHTS - these findings are not results.", case_id)
+        log_findings(findings, final.findings)
         return d

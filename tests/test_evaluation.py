@@ -21,15 +21,15 @@ def case(tmp_path):
     prob = np.zeros(gt.shape, np.float32)
     prob[4:9, 4:9, 3:6] = 0.9
     prob[15:19, 15:19, 6:9] = 0.6
-    mask = prob >= 0.5
+    lesion_map, lesions = lesion_findings(prob, prob >= 0.5, affine, "chest", "mean_probability")
     nib.save(nib.Nifti1Image(gt, affine), tmp_path / "label.nii.gz")
     case_dir = tmp_path / "preds" / "c1"
     case_dir.mkdir(parents=True)
-    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), case_dir / "c1_lesion.nii.gz")
+    nib.save(nib.Nifti1Image(lesion_map, affine), case_dir / "c1_lesion.nii.gz")
     findings = {
         "case_id": "c1",
         "lesion_score": "mean_probability",
-        "lesions": lesion_findings(prob, mask, affine, "chest", "mean_probability"),
+        "lesions": lesions,
         "glance_focus": {"keep_fraction": 0.5},
         "timings": {"total_seconds": 1.0},
     }

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, LoadImage, Orientation
+from monai.transforms import LoadImage, Orientation
 
-from bundle.findings import LesionFindingsd, drop_low_score_lesions, lesion_label_map
-from bundle.inferer import GlanceFocusInferer
-from bundle.networks import GlanceNet
+from bundle.findings import LesionFindingsd, drop_low_score_lesions
+from bundle.inferer import GLANCE_FOCUS_KEY, GlanceFocusStats, stats_meta
 from bundle.transforms import BoundToBodyd
 from tests.conftest import ROOT
 
@@ -40,13 +39,9 @@ def test_lesion_findings_transform_reports_only_lesions_above_the_min_score():
     prob = torch.from_numpy(two_lesions())
     affine = torch.diag(torch.tensor([0.8, 0.8, 2.5, 1.0], dtype=torch.float64))
     pred = MetaTensor(torch.stack([1 - prob, prob]), affine=affine)
-    inferer = GlanceFocusInferer(
-        GlanceNet(layers=(1, 1, 1, 1), block_inplanes=(8, 8, 8, 8)),
-        roi_size=(16, 16, 8),
-    )
     weights = {"status": "trained"}
-    both = LesionFindingsd("pred", inferer, weights, threshold=0.5, min_score=0.5)({"pred": pred})
-    strong = LesionFindingsd("pred", inferer, weights, threshold=0.5, min_score=0.9)({"pred": pred})
+    both = LesionFindingsd("pred", weights, threshold=0.5, min_score=0.5)({"pred": pred})
+    strong = LesionFindingsd("pred", weights, threshold=0.5, min_score=0.9)({"pred": pred})
     assert [les["max_probability"] for les in both["findings"]["lesions"]] == [
         0.97,
         0.7,
@@ -56,7 +51,7 @@ def test_lesion_findings_transform_reports_only_lesions_above_the_min_score():
     assert strong["findings"]["lesion_min_score"] == 0.9 and strong["findings"]["lesion_count"] == 1
     mask = strong["pred"][0].numpy()
     assert mask.sum() == 32 and mask[2:6, 2:6, 2:4].all()
-    numbers = lesion_label_map(both["pred"][0].numpy() > 0, affine.numpy(), both["findings"]["lesions"])
+    numbers = both["pred"][0].numpy()  # the lesion map numbers lesions as the findings do
     assert numbers[3, 3, 3] == 1 and numbers[12, 12, 5] == 2  # numbered by peak probability
 
 
@@ -84,13 +79,9 @@ def test_findings_number_lesions_by_the_configured_score():
         torch.stack([1 - torch.from_numpy(prob), torch.from_numpy(prob)]),
         affine=torch.eye(4),
     )
-    inferer = GlanceFocusInferer(
-        GlanceNet(layers=(1, 1, 1, 1), block_inplanes=(8, 8, 8, 8)),
-        roi_size=(16, 16, 8),
-    )
     first = {}
     for score in ("max_probability", "mean_probability"):
-        out = LesionFindingsd("pred", inferer, {"status": "trained"}, score=score)({"pred": pred})
+        out = LesionFindingsd("pred", {"status": "trained"}, score=score)({"pred": pred})
         assert out["findings"]["lesion_score"] == score
         first[score] = next(les for les in out["findings"]["lesions"] if les["number"] == 1)["voxels"]
     assert first == {"max_probability": 6 * 6 * 3, "mean_probability": 2 * 2 * 2}
@@ -126,21 +117,17 @@ def test_no_finding_on_the_table_of_a_real_scan(shared_data):
     prob = torch.full(image.shape[1:], 0.01)
     for c in (on_table, inside):
         prob[c[0] - 2 : c[0] + 3, c[1] - 2 : c[1] + 3, c[2] - 1 : c[2] + 2] = 0.99
+    dense = GlanceFocusStats(torch.ones(1), torch.ones(1, dtype=torch.bool), None, 0.0)  # as the inferer's output
     data["pred"] = MetaTensor(
         torch.stack([1 - prob, prob]),
-        meta=image.meta,
+        meta={**image.meta, GLANCE_FOCUS_KEY: stats_meta([dense])},
         applied_operations=image.applied_operations,
     )
     bounded = BoundToBodyd("pred")(dict(data))["pred"]
     assert bounded[1][tuple(on_table)] == 0 and bounded[1][tuple(inside)] == pytest.approx(0.99)
     assert torch.allclose(bounded.sum(0), torch.ones(()))
 
-    postprocessing = [
-        t
-        for t in parser.get_parsed_content("postprocessing").transforms
-        if isinstance(t, (BoundToBodyd, Invertd, LesionFindingsd))
-    ]
-    out = Compose(postprocessing)(dict(data))
+    out = parser.get_parsed_content("postprocessing_core")(dict(data))
     lesions = out["findings"]["lesions"]
     assert len(lesions) == 1 and lesions[0]["volume_mm3"] >= 0.8 * 5 * 5 * 3 * 3.0  # the blob's 225 mm3, resampled
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
-from bundle.inferer import GlanceFocusInferer
+from bundle.inferer import GlanceFocusInferer, stats_of
 from tests.conftest import ROOT
 
 ROI = (96, 96, 64)
@@ -74,7 +75,7 @@ def test_dense_mode_equals_monai_sliding_window_inference(networks, volume, mode
         )
     assert ours.shape == ref.shape == (1, 2, *volume.shape[2:])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
-    assert inferer.last_stats.keep_fraction == 1.0
+    assert stats_of(ours)[0].keep_fraction == 1.0
 
 
 def test_window_accounting_and_focus_only_on_kept_windows(networks, volume):
@@ -93,7 +94,7 @@ def test_window_accounting_and_focus_only_on_kept_windows(networks, volume):
     finally:
         g_count.handle.remove()
         f_count.handle.remove()
-    stats = inferer.last_stats
+    (stats,) = stats_of(prob)
     assert stats.windows_total == n
     assert stats.windows_kept == int(keep.sum()) == n - n // 2
     assert stats.keep_fraction == pytest.approx(stats.windows_kept / n)
@@ -117,8 +118,9 @@ def test_threshold_that_keeps_nothing_gives_an_empty_mask(networks, volume):
     finally:
         f_count.handle.remove()
     assert f_count.windows == 0
-    assert inferer.last_stats.windows_kept == 0 and inferer.last_stats.keep_fraction == 0.0
-    assert inferer.last_stats.windows_total == expected_windows(volume.shape[2:])
+    (stats,) = stats_of(prob)
+    assert stats.windows_kept == 0 and stats.keep_fraction == 0.0
+    assert stats.windows_total == expected_windows(volume.shape[2:])
     assert not torch.any(prob[0, 1] >= 0.5)
 
 
@@ -128,7 +130,7 @@ def test_scan_smaller_than_a_window_is_padded_and_cropped_back(networks, volume)
     inferer = GlanceFocusInferer(glance, roi_size=ROI, threshold=None)
     prob = inferer(small, focus)
     assert prob.shape == (1, 2, 50, 70, 30)
-    assert inferer.last_stats.windows_total == 1
+    assert stats_of(prob)[0].windows_total == 1
     with torch.no_grad():
         ref = sliding_window_inference(small, ROI, 1, lambda x: torch.softmax(focus(x), dim=1), overlap=0.25)
     torch.testing.assert_close(prob, ref, atol=1e-5, rtol=1e-5)
@@ -140,3 +142,29 @@ def test_invalid_settings_are_rejected(networks):
         GlanceFocusInferer(glance, overlap=1.0)
     with pytest.raises(ValueError, match="threshold"):
         GlanceFocusInferer(glance, threshold=1.5)
+
+
+def test_each_scan_of_a_batch_gets_its_own_statistics(networks, volume):
+    """Statistics travel with the prediction, one per scan, and MONAI's decollation hands each scan its own: two
+    different scans in one batch keep their own Glance scores and keep decisions (the inferer holds no state)."""
+    from monai.data import decollate_batch
+
+    glance, focus = networks
+    inferer = GlanceFocusInferer(glance, roi_size=ROI, overlap=0.25, threshold=0.5)
+    other = torch.flip(volume, dims=(2, 3))
+    tiling = inferer.tile(volume.shape[2:])
+    expected = [inferer.glance_scores(v, tiling) for v in (volume, other)]
+    assert not torch.equal(*expected)
+    threshold = float(torch.cat(expected).median())
+    inferer.threshold = threshold
+    batch = MetaTensor(torch.cat([volume, other]))
+    prob = inferer(batch, focus)
+    for stats, scores in zip(stats_of(prob), expected):
+        torch.testing.assert_close(stats.scores, scores)
+        assert torch.equal(stats.keep, scores >= threshold) and stats.threshold == threshold
+        assert stats.windows_kept == int((scores >= threshold).sum()) and stats.focus_seconds > 0
+    assert [s.windows_kept for s in stats_of(prob)] != [0, 0]
+    for item, scores in zip(decollate_batch(prob), expected):
+        (stats,) = stats_of(item)
+        torch.testing.assert_close(stats.scores, scores)
+    assert not hasattr(inferer, "last_stats")

@@ -109,9 +109,9 @@ def test_not_ct_modality(lidc_series, tmp_path):
     with pytest.raises(InvalidScanError) as err:
         list_inputs(lidc_series)
     assert str(lidc_series) in str(err.value)
-    assert "modality is 'MR', not CT" in str(err.value)
+    assert "modality MR, not CT" in str(err.value)
     # the same series as a sub-folder of a folder of scans is checked before anything runs
-    with pytest.raises(InvalidScanError, match="modality is 'MR'") as err:
+    with pytest.raises(InvalidScanError, match="modality MR, not CT") as err:
         list_inputs(tmp_path)
     assert str(lidc_series) in str(err.value)
 
