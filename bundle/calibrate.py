@@ -10,18 +10,18 @@ screens the same scans with that threshold, as inference does, and picks the det
 still finds the target fraction of the labelled lesions, or the smallest that leaves at most the given false
 positives per scan; the FROC table (sensitivity at 1/8 to 8 false positives per scan) is printed and recorded.
 The scores, the choices and how they were made go to a JSON record; with ``--write_config`` the
-``glance_threshold:`` (and ``lesion_min_score:``) line of a config is rewritten to the value, with a comment
-pointing at the record. Example (run from the bundle root)::
+``glance_threshold:`` (and ``lesion_min_score:``) line of the machine-written operating-point config
+(``configs/operating_point.yaml``, which ``configs/small.yaml`` reads) is set to the value, with a comment pointing at
+the record. Example (run from the bundle root)::
 
     python -m bundle.calibrate --config_file configs/inference.yaml --config_file configs/small.yaml \\
         --split validation --target_sensitivity 0.97 --lesion_max_fp_per_scan 1 --output calibration.json \\
-        --write_config configs/inference.yaml
+        --write_config configs/operating_point.yaml
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -29,21 +29,19 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.metrics import compute_roc_auc
 from monai.transforms import LoadImage, ResampleToMatch
-from monai.utils import set_determinism
 
 from bundle.data import list_inputs
-from bundle.findings import LESION_SCORES, lesion_label_map
+from bundle.findings import LESION_SCORES
 from bundle.metrics import froc, lesion_scores, min_score_for_fp_budget
+from bundle.pipeline import ScreeningPipeline, build_pipeline
 from bundle.writers import atomic_path, atomic_write_json
 
 __all__ = [
@@ -203,6 +201,26 @@ def rewrite_threshold_line(
     return path
 
 
+OPERATING_POINT_HEADER = """\
+# The operating point of the shipped weights, machine-written by `python -m bundle.calibrate --write_config`
+# (each value's comment names its record). Do not edit by hand: recalibrate. configs/small.yaml reads this file.
+"""
+
+
+def write_operating_point_line(
+    config_file: str | os.PathLike, value: float, comment: str, key: str = "glance_threshold"
+) -> Path:
+    """``rewrite_threshold_line``, or the line appended when the file lacks it (a new file starts with a header)."""
+    path = Path(config_file)
+    text = path.read_text(encoding="utf-8") if path.exists() else OPERATING_POINT_HEADER
+    if any(line.startswith(f"{key}:") for line in text.splitlines()):
+        return rewrite_threshold_line(path, value, comment, key)
+    line = f"{key}: {format_threshold(value)}  # {comment}\n"
+    with atomic_path(path, ".tmp") as tmp:
+        tmp.write_text(text + ("" if text.endswith("\n") else "\n") + line, encoding="utf-8")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bundle.calibrate",
@@ -212,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "example: python -m bundle.calibrate --config_file configs/inference.yaml --config_file "
-            "configs/small.yaml --target_sensitivity 0.97 --write_config configs/inference.yaml"
+            "configs/small.yaml --target_sensitivity 0.97 --write_config configs/operating_point.yaml"
         ),
     )
     parser.add_argument(
@@ -249,30 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--write_config",
-        help="rewrite the glance_threshold line (and lesion_min_score with a lesion option) of this YAML config in "
-        "place",
+        help="set the glance_threshold line (and lesion_min_score with a lesion option) of this YAML config, "
+        "normally configs/operating_point.yaml (created when missing)",
     )
     parser.add_argument("--output", default="calibration.json", help="JSON record (default: calibration.json)")
     return parser
 
 
-def _score_split(parser: ConfigParser, items: list[dict]) -> list[dict]:
+def _score_split(pipeline: ScreeningPipeline, items: list[dict]) -> list[dict]:
     """Glance's score and the lesion label of every window of every item, tiled and scored as inference does."""
-    device = torch.device(parser.get_parsed_content("device"))
-    amp = bool(parser.get_parsed_content("amp"))
-    preprocessing = parser.get_parsed_content("preprocessing")
-    inferer = parser.get_parsed_content("inferer")
     load_label = LoadImage(image_only=True, ensure_channel_first=True, reader="ITKReader")
     cases = []
     for item in items:
-        data = preprocessing(dict(item))
+        data = pipeline.preprocessing(dict(item))
         image = data["image"]
         label = ResampleToMatch(mode="nearest")(load_label(item["label"]), image)
-        tiling = inferer.tile(image.shape[1:])
+        tiling = pipeline.inferer.tile(image.shape[1:])
         # SpatialPadd pads every scan to >= roi_size, so the inferer pads nothing and window slices index the label.
         assert not any(tiling.pad), f"{item['id']}: preprocessed shape {tuple(image.shape[1:])} is below the roi"
-        with torch.autocast(device.type, enabled=amp):  # as the evaluator (amp) runs the inferer
-            scores = inferer.glance_scores(image.as_tensor()[None].to(device), tiling)
+        with torch.autocast(pipeline.device.type, enabled=pipeline.amp):  # as the evaluator (amp) runs the inferer
+            scores = pipeline.inferer.glance_scores(image.as_tensor()[None].to(pipeline.device), tiling)
         labels = window_labels(label.as_tensor(), tiling.slices)
         logger.info("%s: %d windows, %d with lesion", item["id"], len(labels), sum(labels))
         cases.append(
@@ -290,48 +304,28 @@ def _score_split(parser: ConfigParser, items: list[dict]) -> list[dict]:
     return cases
 
 
-def _screen_split(
-    configs: list[str], overrides: dict, datalist: Path, dataset_dir: str, split: str, items: list[dict]
-) -> list[dict]:
-    """Screen the split with the config's own evaluator and score each labelled lesion (see ``lesion_scores``).
+def _screen_split(configs: list[str], overrides: dict, items: list[dict]) -> list[dict]:
+    """Screen the items as inference does, in memory, and score each labelled lesion (see ``lesion_scores``).
 
-    A fresh parser with the calibrated glance_threshold and nothing dropped by lesion_min_score: predictions exactly as
-    inference makes them, written to a temporary folder, read back with the findings that number their lesions.
+    A pipeline with the calibrated glance_threshold and nothing dropped by lesion_min_score; its lesion map numbers
+    the lesions as the findings do, so each lesion's score is read straight from the findings.
     """
+    pipeline = build_pipeline(configs, {**overrides, "lesion_min_score": "@lesion_probability_threshold"})
+    score = pipeline.get("lesion_score")
     load = LoadImage(image_only=True, reader="ITKReader")
-    with tempfile.TemporaryDirectory(prefix="gf_calibrate_") as out:
-        parser = ConfigParser()
-        parser.read_config(configs)
-        parser.update(
-            {
-                **overrides,
-                "input_path": str(datalist),
-                "dataset_dir": str(dataset_dir),
-                "split": split,
-                "output_dir": out,
-                "lesion_min_score": "@lesion_probability_threshold",
-            }
-        )
-        set_determinism(seed=parser.get_parsed_content("seed"))
-        parser.get_parsed_content("glance")  # built in main's order: the same seeded weights when untrained
-        parser.get_parsed_content("network")
-        parser.get_parsed_content("evaluator").run()
-        score = parser.get_parsed_content("lesion_score")
-        cases = []
-        for item in items:
-            case = Path(out) / item["id"]
-            findings = json.loads((case / f"{item['id']}_findings.json").read_text())
-            pred = load(str(case / f"{item['id']}_lesion.nii.gz"))
-            gt = np.asarray(load(item["label"])) > 0
-            numbers = lesion_label_map(np.asarray(pred) > 0, pred.affine.numpy(), findings["lesions"])
-            case = {"id": item["id"], "keep_fraction": findings["glance_focus"]["keep_fraction"]}
-            for name in (score, *sorted(set(LESION_SCORES) - {score})):  # the configured score first
-                scores = {les["number"]: les[name] for les in findings["lesions"]}
-                found, false_positives = lesion_scores(numbers, scores, gt)
-                prefix = "" if name == score else f"{name}_"
-                case.update({f"{prefix}lesion_scores": found, f"{prefix}false_positive_scores": false_positives})
-            logger.info("%s: %d lesion(s), %d false positive(s)", item["id"], len(found), len(false_positives))
-            cases.append(case)
+    cases = []
+    for item in items:
+        out = pipeline.screen(item)
+        findings, numbers = out["findings"], np.asarray(out["pred"][0])
+        gt = np.asarray(load(item["label"])) > 0
+        case = {"id": item["id"], "keep_fraction": findings["glance_focus"]["keep_fraction"]}
+        for name in (score, *sorted(set(LESION_SCORES) - {score})):  # the configured score first
+            scores = {les["number"]: les[name] for les in findings["lesions"]}
+            found, false_positives = lesion_scores(numbers, scores, gt)
+            prefix = "" if name == score else f"{name}_"
+            case.update({f"{prefix}lesion_scores": found, f"{prefix}false_positive_scores": false_positives})
+        logger.info("%s: %d lesion(s), %d false positive(s)", item["id"], len(found), len(false_positives))
+        cases.append(case)
     return cases
 
 
@@ -410,110 +404,105 @@ def _lesion_summary(r: dict | None, score: str | None = None) -> list[str]:
     ]
 
 
+def _lesion_operating_point(args: argparse.Namespace, screened: list[dict], score: str) -> tuple:
+    """The lesion_min_score by the asked rule on ``score`` (or the error that rules it out), and the same rule on the
+    other scores, for comparison only: which one separates lesions from false positives."""
+
+    def choose(prefix: str) -> dict:
+        return choose_lesion_score(
+            [s for c in screened for s in c[f"{prefix}lesion_scores"]],
+            [s for c in screened for s in c[f"{prefix}false_positive_scores"]],
+            len(screened),
+            target_sensitivity=args.lesion_target_sensitivity,
+            max_fp_per_scan=args.lesion_max_fp_per_scan,
+        )
+
+    lesion_result, lesion_error, other_scores = None, None, {}
+    try:
+        lesion_result = choose("")
+    except ValueError as error:  # unreachable target: keep the screening's record, write no config
+        lesion_error = str(error)
+    for name in sorted(set(LESION_SCORES) - {score}):
+        try:
+            other_scores[name] = choose(f"{name}_")
+        except ValueError as error:
+            other_scores[name] = {"error": str(error)}
+    return lesion_result, lesion_error, other_scores
+
+
+def _write_operating_point(args: argparse.Namespace, record: dict) -> None:
+    """Write the calibrated values into ``--write_config`` (the machine-written configs/operating_point.yaml)."""
+    untrained = record["weights"].get("status") != "trained"
+    trained_note = "calibrated on UNTRAINED weights" if untrained else "calibrated"
+    day = record["date"][:10]
+    result, lesion_result = record["result"], record["lesion_result"]
+    comment = f"{trained_note}: window sensitivity >= {args.target_sensitivity}, {args.split}, {day}, see "
+    write_operating_point_line(args.write_config, result["threshold"], comment + str(args.output))
+    if untrained:
+        banner = "!" * 100
+        print(
+            f"{banner}\nWARNING: {args.write_config} now holds a glance_threshold calibrated on UNTRAINED "
+            f"(random) weights: it means nothing for a trained model. Recalibrate once weights exist.\n{banner}",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(f"set glance_threshold: {format_threshold(result['threshold'])} in {args.write_config}")
+    if lesion_result is not None:
+        goal = _lesion_goal(args.lesion_target_sensitivity, args.lesion_max_fp_per_scan)
+        comment = f"{trained_note}: {goal}, {args.split}, {day}, see {args.output}"
+        write_operating_point_line(args.write_config, lesion_result["min_score"], comment, key="lesion_min_score")
+        print(f"set lesion_min_score: {format_threshold(lesion_result['min_score'])} in {args.write_config}")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Calibrate; prints the figures, writes the JSON record (and the config if asked) and returns the record."""
     args = build_parser().parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     configs = args.config_file or list(DEFAULT_CONFIGS)
-    parser = ConfigParser()
-    parser.read_config(configs)
-    if args.ckpt_path:
-        parser["ckpt_path"] = args.ckpt_path
-    parser["allow_untrained"] = args.allow_untrained
-    bundle_root = Path(parser.get_parsed_content("bundle_root"))
-    datalist = Path(args.datalist) if args.datalist else bundle_root / "configs/datalist.json"
-    dataset_dir = args.dataset_dir or parser.get_parsed_content("dataset_dir")
+    overrides = {"allow_untrained": args.allow_untrained, **({"ckpt_path": args.ckpt_path} if args.ckpt_path else {})}
+    # Without weights this stops here unless --allow_untrained: nothing untrained reaches a config unasked.
+    pipeline = build_pipeline(configs, overrides)
+    datalist = Path(args.datalist) if args.datalist else Path(pipeline.get("bundle_root")) / "configs/datalist.json"
+    dataset_dir = args.dataset_dir or pipeline.get("dataset_dir")
     items = [it for it in list_inputs(datalist, dataset_dir, args.split) if it.get("label")]
     if not items:
         raise SystemExit(f"{datalist} ({args.split}): no labelled scans to calibrate on.")
-
-    # Seed before the networks are built, so that untrained weights are the same every run.
-    set_determinism(seed=parser.get_parsed_content("seed"))
-    parser.get_parsed_content("glance")
-    parser.get_parsed_content("network")
-    # Without weights load_weights stops here unless --allow_untrained: nothing untrained reaches a config unasked.
-    weights = parser.get_parsed_content("weights")
-    untrained = weights.get("status") != "trained"
-
-    cases = _score_split(parser, items)
+    cases = _score_split(pipeline, items)
     result = choose_threshold(
         [s for c in cases for s in c["scores"]], [lab for c in cases for lab in c["labels"]], args.target_sensitivity
     )
-    lesion_result, screened, lesion_error, other_scores = None, None, None, {}
-    lesion_rule = _lesion_rule(args)
+    lesion_rule, screened, lesion = _lesion_rule(args), None, (None, None, {})
     if lesion_rule is not None:
-        overrides = {"glance_threshold": result["threshold"], "allow_untrained": args.allow_untrained}
-        if args.ckpt_path:
-            overrides["ckpt_path"] = args.ckpt_path
-        screened = _screen_split(configs, overrides, datalist, dataset_dir, args.split, items)
-        try:
-            lesion_result = choose_lesion_score(
-                [s for c in screened for s in c["lesion_scores"]],
-                [s for c in screened for s in c["false_positive_scores"]],
-                len(screened),
-                target_sensitivity=args.lesion_target_sensitivity,
-                max_fp_per_scan=args.lesion_max_fp_per_scan,
-            )
-        except ValueError as error:  # unreachable target: keep the screening's record, write no config
-            lesion_error = str(error)
-        # the same rule on the other score, for comparison only: which one separates lesions from false positives
-        score = parser.get_parsed_content("lesion_score")
-        for name in sorted(set(LESION_SCORES) - {score}):
-            try:
-                other_scores[name] = choose_lesion_score(
-                    [s for c in screened for s in c[f"{name}_lesion_scores"]],
-                    [s for c in screened for s in c[f"{name}_false_positive_scores"]],
-                    len(screened),
-                    target_sensitivity=args.lesion_target_sensitivity,
-                    max_fp_per_scan=args.lesion_max_fp_per_scan,
-                )
-            except ValueError as error:
-                other_scores[name] = {"error": str(error)}
-    now = datetime.now(timezone.utc)
+        screened = _screen_split(configs, {**overrides, "glance_threshold": result["threshold"]}, items)
+        lesion = _lesion_operating_point(args, screened, pipeline.get("lesion_score"))
     record = {
-        "date": now.isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(["python", "-m", "bundle.calibrate", *argv]),
         "configs": configs,
         "datalist": str(datalist),
         "dataset_dir": str(dataset_dir),
         "split": args.split,
-        "weights": weights,
-        "inferer": {key: parser.get_parsed_content(key) for key in ("pixdim", "roi_size", "overlap", "amp")},
+        "weights": pipeline.weights,
+        "inferer": {key: pipeline.get(key) for key in ("pixdim", "roi_size", "overlap", "amp")},
         "rule": "largest t with (lesion windows with Glance p >= t) / lesion windows >= target_sensitivity; "
         "a lesion window holds a lesion voxel of the label resampled (nearest) onto the preprocessed grid",
         "result": result,
         "lesion_rule": lesion_rule,
-        "lesion_score": parser.get_parsed_content("lesion_score"),
-        "lesion_result": lesion_result,
-        "lesion_result_other_scores": other_scores,
-        "lesion_error": lesion_error,
-        "written_to_config": None if lesion_error else args.write_config,
+        "lesion_score": pipeline.get("lesion_score"),
+        "lesion_result": lesion[0],
+        "lesion_result_other_scores": lesion[2],
+        "lesion_error": lesion[1],
+        "written_to_config": None if lesion[1] else args.write_config,
         "cases": cases,
         "screened_cases": screened,
     }
     print(_summary(record), flush=True)
     atomic_write_json(record, args.output)
     print(f"wrote {args.output}")
-    if lesion_error:
-        raise SystemExit(f"{lesion_error} Nothing written to a config; the screening is in {args.output}.")
+    if lesion[1]:
+        raise SystemExit(f"{lesion[1]} Nothing written to a config; the screening is in {args.output}.")
     if args.write_config:
-        trained_note = "calibrated on UNTRAINED weights" if untrained else "calibrated"
-        comment = f"{trained_note}: window sensitivity >= {args.target_sensitivity}, {args.split}, {now.date()}, see "
-        rewrite_threshold_line(args.write_config, result["threshold"], comment + str(args.output))
-        if untrained:
-            banner = "!" * 100
-            print(
-                f"{banner}\nWARNING: {args.write_config} now holds a glance_threshold calibrated on UNTRAINED "
-                f"(random) weights: it means nothing for a trained model. Recalibrate once weights exist.\n{banner}",
-                file=sys.stderr,
-                flush=True,
-            )
-        print(f"set glance_threshold: {format_threshold(result['threshold'])} in {args.write_config}")
-        if lesion_result is not None:
-            goal = _lesion_goal(args.lesion_target_sensitivity, args.lesion_max_fp_per_scan)
-            comment = f"{trained_note}: {goal}, {args.split}, {now.date()}, see {args.output}"
-            rewrite_threshold_line(args.write_config, lesion_result["min_score"], comment, key="lesion_min_score")
-            print(f"set lesion_min_score: {format_threshold(lesion_result['min_score'])} in {args.write_config}")
+        _write_operating_point(args, record)
     return record
 
 
