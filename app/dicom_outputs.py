@@ -64,6 +64,19 @@ def _algorithm(findings: dict, version: str) -> hd.AlgorithmIdentificationSequen
     )
 
 
+def _new_series(series_number: int, findings: dict) -> dict:
+    """What each output gets of its own: a new series (number ``series_number``) of one instance, ours, whose
+    description says it is not for clinical use."""
+    return {
+        "series_instance_uid": hd.UID(),
+        "series_number": series_number,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "series_description": not_for_clinical_use(findings),
+    }
+
+
 def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) -> hd.seg.Segmentation:
     """BINARY Segmentation of the source series: segment n is lesion n, SNOMED "Lesion" in its body region.
 
@@ -90,15 +103,10 @@ def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) 
         pixel_array=frames_of(labels),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=9001,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **_new_series(9001, findings),
         manufacturer_model_name=MODEL_NAME,
         software_versions=version,
         device_serial_number="0",
-        series_description=not_for_clinical_use(findings),
         omit_empty_frames=True,
     )
 
@@ -107,55 +115,65 @@ def _num(name: CodedConcept, value: float, unit) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=float(value), unit=unit)
 
 
+def _scan_group(findings: dict, algorithm: hd.sr.AlgorithmIdentification):
+    """TID 1501 for the whole scan: the suspicion score, the lesion count and whether a lesion was found."""
+    found = findings["lesion_count"] > 0
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Scan"),
+        algorithm_id=algorithm,
+        measurements=[
+            _num(SUSPICION_SCORE, findings["suspicion_score"], codes.UCUM.NoUnits),
+            _num(LESION_COUNT, findings["lesion_count"], codes.UCUM.NoUnits),
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=FINDING_PRESENT if found else FINDING_ABSENT)
+        ],
+    )
+
+
+def _lesion_groups(datasets: list, seg: hd.seg.Segmentation, findings: dict, algorithm) -> list:
+    """TID 1411 per lesion: its measurements, referencing its segment of the SEG by number and tracking UID."""
+    region = REGION_CODES.get(findings.get("region", ""), None)
+    tracking = {d.SegmentNumber: d for d in seg.SegmentSequence}
+    series_uid = datasets[0].SeriesInstanceUID
+    groups = []
+    for les in sorted(findings["lesions"], key=lambda les: les["number"]):
+        segment = tracking[les["number"]]
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=segment.TrackingUID, identifier=f"Lesion {les['number']}"
+                ),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.SOPClassUID,
+                    sop_instance_uid=seg.SOPInstanceUID,
+                    segment_number=les["number"],
+                    source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+                ),
+                finding_type=codes.SCT.Lesion,
+                finding_sites=[hd.sr.FindingSite(region)] if region is not None else None,
+                algorithm_id=algorithm,
+                measurements=[
+                    _num(codes.SCT.Volume, les["volume_mm3"], codes.UCUM.CubicMillimeter),
+                    _num(codes.SCT.LongAxis, les["longest_axial_diameter_mm"], codes.UCUM.Millimeter),
+                    _num(MAX_PROBABILITY, les["max_probability"], codes.UCUM.NoUnits),
+                    _num(MEAN_PROBABILITY, les["mean_probability"], codes.UCUM.NoUnits),
+                ],
+            )
+        )
+    return groups
+
+
 def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, version: str) -> hd.sr.Comprehensive3DSR:
     """TID 1500 Measurement Report: per lesion its volume and longest axial diameter, referencing its segment.
 
     A scan-level group (TID 1501) always holds the suspicion score, the lesion count and whether a lesion was found,
     so "nothing found" is stated, not implied by an empty report.
     """
-    region = REGION_CODES.get(findings.get("region", ""), None)
     algorithm = hd.sr.AlgorithmIdentification(name="GF-Screen Glance-Focus", version=version)
-    found = findings["lesion_count"] > 0
-    groups: list = [
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Scan"),
-            algorithm_id=algorithm,
-            measurements=[
-                _num(SUSPICION_SCORE, findings["suspicion_score"], codes.UCUM.NoUnits),
-                _num(LESION_COUNT, findings["lesion_count"], codes.UCUM.NoUnits),
-            ],
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=FINDING_PRESENT if found else FINDING_ABSENT)
-            ],
-        )
-    ]
+    groups = [_scan_group(findings, algorithm)]
     if seg is not None:
-        tracking = {d.SegmentNumber: d for d in seg.SegmentSequence}
-        series_uid = datasets[0].SeriesInstanceUID
-        for les in sorted(findings["lesions"], key=lambda les: les["number"]):
-            segment = tracking[les["number"]]
-            groups.append(
-                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=hd.sr.TrackingIdentifier(
-                        uid=segment.TrackingUID, identifier=f"Lesion {les['number']}"
-                    ),
-                    referenced_segment=hd.sr.ReferencedSegment(
-                        sop_class_uid=seg.SOPClassUID,
-                        sop_instance_uid=seg.SOPInstanceUID,
-                        segment_number=les["number"],
-                        source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
-                    ),
-                    finding_type=codes.SCT.Lesion,
-                    finding_sites=[hd.sr.FindingSite(region)] if region is not None else None,
-                    algorithm_id=algorithm,
-                    measurements=[
-                        _num(codes.SCT.Volume, les["volume_mm3"], codes.UCUM.CubicMillimeter),
-                        _num(codes.SCT.LongAxis, les["longest_axial_diameter_mm"], codes.UCUM.Millimeter),
-                        _num(MAX_PROBABILITY, les["max_probability"], codes.UCUM.NoUnits),
-                        _num(MEAN_PROBABILITY, les["mean_probability"], codes.UCUM.NoUnits),
-                    ],
-                )
-            )
+        groups += _lesion_groups(datasets, seg, findings, algorithm)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=hd.sr.ObserverContext(
@@ -172,12 +190,7 @@ def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, ve
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=hd.UID(),
-        series_number=9002,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        series_description=not_for_clinical_use(findings),
+        **_new_series(9002, findings),
         is_complete=True,
         is_final=False,
         is_verified=False,

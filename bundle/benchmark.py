@@ -23,6 +23,7 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -30,13 +31,14 @@ from pathlib import Path
 
 import psutil
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose, Orientationd
 
 from bundle.data import list_inputs
-from bundle.inferer import GlanceFocusInferer, Tiling, stats_of
+from bundle.inferer import GLANCE_FOCUS_KEY, GlanceFocusInferer, GlanceFocusStats, Tiling, stats_meta, stats_of
 from bundle.pipeline import ScreeningPipeline, build_pipeline
 from bundle.transforms import CropAxialRanged
-from bundle.writers import atomic_write_json
+from bundle.writers import SaveScanOutputsd, atomic_write_json
 
 __all__ = ["main", "top_fraction_mask", "PeakMemory", "MeasuredInferer"]
 
@@ -223,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     selection.add_argument(
         "--keep_fraction",
         type=float,
+        nargs="+",
         help="keep the top round(k * n) windows by Glance score instead of thresholding: measures compute at a "
         "given keep fraction, e.g. 0.167 (the paper's average); needed with untrained weights, where a "
         "probability threshold means nothing",
@@ -240,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Orientationd), e.g. a lesion-free stretch",
     )
     parser.add_argument("--repeats", type=int, default=1, help="runs of each mode; timings are the median (default 1)")
+    parser.add_argument(
+        "--glance_modes",
+        nargs="+",
+        choices=("windows", "shared"),
+        default=[],
+        help="also time Glance alone in each of these modes (bundle/glance.py) as a fraction of dense Focus",
+    )
+    parser.add_argument(
+        "--end_to_end",
+        action="store_true",
+        help="also time what lies outside the networks on the dense output (postprocessing: body bound, inversion "
+        "to the scan's grid, connected components and findings; writing the outputs)",
+    )
     parser.add_argument("--output", help="also write every figure to this JSON file (atomically)")
     return parser
 
@@ -273,6 +289,30 @@ def _format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _sweep_lines(results: dict) -> list[str]:
+    outside = results["outside_networks"]
+    lines = [
+        "",
+        "outside the networks: " + ", ".join(f"{k.removesuffix('_seconds')} {v:.2f} s" for k, v in outside.items()),
+    ]
+    if len(results["sweep"]) > 1 or outside.keys() != {"preprocessing_seconds"}:
+        lines.append(
+            f"{'run':<26}{'keep':>7}{'Glance s':>10}{'Focus s':>10}{'total s':>10}{'speed-up':>10}{'end to end':>12}"
+        )
+        lines += [
+            f"{r['run']:<26}{r['keep_fraction']:>7.3f}{r['glance_seconds']:>10.2f}{r['focus_seconds']:>10.2f}"
+            f"{r['total_seconds']:>10.2f}{r['speedup']:>9.2f}x{r['speedup_end_to_end']:>11.2f}x"
+            for r in results["sweep"]
+        ]
+    for mode, cost in results["glance_cost"].items():
+        lines.append(
+            f"Glance alone, {mode} mode: {cost['glance_seconds']:.2f} s = "
+            f"{100 * cost['fraction_of_dense_focus']:.1f} % of dense Focus "
+            f"({results['dense']['focus_seconds']:.2f} s); peak RSS {cost['peak_rss_mib']:.0f} MiB"
+        )
+    return lines
+
+
 def report(results: dict) -> str:
     """The human-readable summary the command prints."""
     env, scan, sel, floor = results["environment"], results["scan"], results["selection"], results["compute_floor"]
@@ -296,7 +336,8 @@ def report(results: dict) -> str:
         f"{scan['preprocessed_shape']} at {scan['pixdim']} mm",
         f"preprocessing {results['preprocessing_seconds']:.2f} s | roi {results['inferer']['roi_size']} overlap "
         f"{results['inferer']['overlap']} | batches Glance {results['inferer']['glance_batch_size']} Focus "
-        f"{results['inferer']['focus_batch_size']} | repeats {results['repeats']} (median seconds)",
+        f"{results['inferer']['focus_batch_size']} | Glance mode {results['inferer']['glance_mode']} | repeats "
+        f"{results['repeats']} (median seconds)",
         f"Glance-Focus selection: {chosen}",
         "",
         _format_table(results),
@@ -306,6 +347,7 @@ def report(results: dict) -> str:
         f" = {floor['glance_focus_ratio']:.3f}, + k {floor['keep_fraction']:.3f} = {floor['fraction_of_dense']:.3f} of "
         f"dense Focus (at most {1 / floor['fraction_of_dense']:.2f}x)",
     ]
+    lines += _sweep_lines(results)
     agree = results["agreement"]
     if agree["voxels"]:
         lines.append(
@@ -326,45 +368,90 @@ def _selection(args: argparse.Namespace, pipeline: ScreeningPipeline) -> tuple[f
     return pipeline.get("glance_threshold"), "config"
 
 
+INFERER_KEYS = ("roi_size", "overlap", "glance_batch_size", "focus_batch_size", "glance_mode", "glance_slab")
+
+
 def _inferers(args: argparse.Namespace, pipeline: ScreeningPipeline, threshold: float | None) -> dict:
-    params = {key: pipeline.get(key) for key in ("roi_size", "overlap", "glance_batch_size", "focus_batch_size")}
+    """The dense inferer and one Glance-Focus inferer per keep fraction (or the one threshold), all from the
+    config's inferer settings."""
+    params = {key: pipeline.get(key) for key in INFERER_KEYS}
+    inferers = {"dense": MeasuredInferer(pipeline.glance, threshold=None, **params)}
     # With a keep fraction the threshold only makes Glance run (not None); the top fraction is what is kept.
-    gf_threshold = 0.0 if args.keep_fraction is not None else threshold
-    return {
-        "dense": MeasuredInferer(pipeline.glance, threshold=None, **params),
-        "glance_focus": MeasuredInferer(
-            pipeline.glance, threshold=gf_threshold, keep_fraction=args.keep_fraction, **params
-        ),
-    }
+    for k in args.keep_fraction or [None]:
+        name = "glance_focus" if not len(inferers) - 1 else f"glance_focus_k{k}"
+        inferers[name] = MeasuredInferer(
+            pipeline.glance, threshold=threshold if k is None else 0.0, keep_fraction=k, **params
+        )
+    return inferers
 
 
-def _measure(inferers: dict, image: torch.Tensor, pipeline: ScreeningPipeline, repeats: int) -> tuple[dict, dict]:
-    """Both modes ``repeats`` times; the runs and how far the outputs differ where they must agree."""
-    network, device, amp = pipeline.focus, pipeline.device, pipeline.amp
-    tiling = inferers["dense"].tile(image.shape[2:])
-    # One window through each network first, so that neither mode pays the one-off start-up costs.
-    with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+def _warm_up(pipeline: ScreeningPipeline, image: torch.Tensor, tiling: Tiling) -> None:
+    """One window through each network first, so that no mode pays the one-off start-up costs."""
+    with torch.inference_mode(), torch.autocast(pipeline.device.type, enabled=pipeline.amp):
         window = image[(slice(None), slice(None), *tiling.slices[0])]
         pipeline.glance(window)
-        network(window)
-    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        pipeline.focus(window)
+
+
+def _measure(inferers: dict, image: torch.Tensor, pipeline: ScreeningPipeline, repeats: int) -> tuple:
+    """Every mode ``repeats`` times; the runs, how far the outputs differ where they must agree, and the dense
+    probabilities of the last repeat (for the parts outside the networks)."""
+    network, device, amp = pipeline.focus, pipeline.device, pipeline.amp
+    tiling = inferers["dense"].tile(image.shape[2:])
+    _warm_up(pipeline, image, tiling)
+    runs: dict[str, list[dict]] = {mode: [] for mode in inferers}
     max_diff, n_voxels = 0.0, 0
     for repeat in range(repeats):
         # Glance-Focus first: its kept windows say where the two outputs must agree, so only those voxels are held
-        # (not a whole dense probability volume) while the other mode runs.
+        # (not a whole dense probability volume) while the other modes run.
         prob, keep, figures = _run_mode(inferers["glance_focus"], image, network, device, amp)
         runs["glance_focus"].append(figures)
         region = exclusively_kept(tiling, keep)
         gf_values = prob[0][:, region]
         del prob
-        prob, _, figures = _run_mode(inferers["dense"], image, network, device, amp)
+        for name in [n for n in inferers if n.startswith("glance_focus_k")]:
+            runs[name].append(_run_mode(inferers[name], image, network, device, amp)[2])
+        dense_prob, _, figures = _run_mode(inferers["dense"], image, network, device, amp)
         runs["dense"].append(figures)
         n_voxels = int(region.sum())
         if n_voxels:
-            max_diff = max(max_diff, float((prob[0][:, region] - gf_values).abs().max()))
-        del prob, gf_values
+            max_diff = max(max_diff, float((dense_prob[0][:, region] - gf_values).abs().max()))
+        del gf_values
         logger.info("repeat %d/%d done", repeat + 1, repeats)
-    return runs, {"voxels": n_voxels, "max_abs_diff": max_diff if n_voxels else None}
+    return runs, {"voxels": n_voxels, "max_abs_diff": max_diff if n_voxels else None}, dense_prob
+
+
+def _glance_cost(pipeline: ScreeningPipeline, image: torch.Tensor, modes: list[str], repeats: int) -> dict:
+    """Glance alone (every window scored) in each mode: median seconds and peak memory."""
+    params = {key: pipeline.get(key) for key in INFERER_KEYS if key != "glance_mode"}
+    out = {}
+    for mode in modes:
+        inferer = GlanceFocusInferer(pipeline.glance, threshold=0.0, **{**params, "glance_mode": mode})
+        padded, tiling = inferer.pad(image)
+        seconds = []
+        with PeakMemory(pipeline.device) as memory, torch.inference_mode():
+            for _ in range(repeats + 1):  # the first run warms up
+                with torch.autocast(pipeline.device.type, enabled=pipeline.amp):
+                    seconds.append(inferer.select(padded, tiling).glance_seconds)
+        out[mode] = {"glance_seconds": statistics.median(seconds[1:]), **memory.as_dict()}
+    return out
+
+
+def _outside_networks(pipeline: ScreeningPipeline, data: dict, dense_prob: torch.Tensor) -> dict:
+    """Seconds of the postprocessing (body bound, inversion, connected components, findings) on the dense output
+    and of writing the outputs (into a temporary folder)."""
+    pred = MetaTensor(dense_prob[0], meta={**data["image"].meta, GLANCE_FOCUS_KEY: stats_meta([_dense_stats()])},
+                      applied_operations=data["image"].applied_operations)  # fmt: skip
+    t0 = time.perf_counter()
+    out = pipeline.postprocessing_core({**data, "pred": pred})
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        SaveScanOutputsd(keys="pred", output_dir=folder)({**out, "id": "benchmark"})
+    return {"postprocessing_seconds": t1 - t0, "writing_seconds": time.perf_counter() - t1}
+
+
+def _dense_stats() -> GlanceFocusStats:
+    return GlanceFocusStats(torch.ones(1), torch.ones(1, dtype=torch.bool), None, 0.0)
 
 
 def _environment(device: torch.device, amp: bool) -> dict:
@@ -407,6 +494,26 @@ def _preprocess(args: argparse.Namespace, pipeline: ScreeningPipeline) -> tuple[
     return items[0], data, time.perf_counter() - t0
 
 
+def _sweep(runs: dict, dense: dict, outside: float) -> list[dict]:
+    """Per Glance-Focus run: keep fraction, seconds, and the speed-up over dense, networks only and end to end
+    (``outside``: the seconds outside the networks, the same for both modes)."""
+    rows = []
+    for name in [n for n in runs if n.startswith("glance_focus")]:
+        gf = _summarise(runs[name])
+        rows.append(
+            {
+                "run": name,
+                "keep_fraction": gf["keep_fraction"],
+                "glance_seconds": gf["glance_seconds"],
+                "focus_seconds": gf["focus_seconds"],
+                "total_seconds": gf["total_seconds"],
+                "speedup": dense["total_seconds"] / gf["total_seconds"],
+                "speedup_end_to_end": (dense["total_seconds"] + outside) / (gf["total_seconds"] + outside),
+            }
+        )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark; prints the report, writes the JSON if asked, and returns every figure."""
     args = build_parser().parse_args(argv)
@@ -421,8 +528,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     image = meta_image.as_tensor()[None].to(pipeline.device)
     if inferers["dense"].tile(image.shape[2:]).image_size != tuple(image.shape[2:]):
         raise RuntimeError("preprocessing must pad the scan to at least roi_size (SpatialPadd), so windows index it.")
-    runs, agreement = _measure(inferers, image, pipeline, args.repeats)
+    runs, agreement, dense_prob = _measure(inferers, image, pipeline, args.repeats)
     dense, gf = _summarise(runs["dense"]), _summarise(runs["glance_focus"])
+    outside = {"preprocessing_seconds": preprocessing_seconds}
+    if args.end_to_end and not args.axial_range_mm:  # a slab has no inversion to the whole scan's grid
+        outside |= _outside_networks(pipeline, data, dense_prob)
+    del dense_prob
+    glance_cost = _glance_cost(pipeline, image, args.glance_modes, args.repeats)
+    for figures in glance_cost.values():
+        figures["fraction_of_dense_focus"] = figures["glance_seconds"] / dense["focus_seconds"]
     results = {
         "environment": _environment(pipeline.device, pipeline.amp),
         "configs": configs,
@@ -438,16 +552,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "pixdim": pipeline.get("pixdim"),
         },
         "preprocessing_seconds": preprocessing_seconds,
-        "inferer": {
-            key: getattr(inferers["dense"], key) for key in ("overlap", "glance_batch_size", "focus_batch_size")
-        }
-        | {"roi_size": pipeline.get("roi_size")},
-        "selection": {"keep_fraction": args.keep_fraction, "threshold": threshold, "source": source},
+        "outside_networks": outside,
+        "inferer": {key: pipeline.get(key) for key in INFERER_KEYS},
+        "selection": {
+            "keep_fraction": args.keep_fraction[0] if args.keep_fraction else None,
+            "keep_fractions": args.keep_fraction,
+            "threshold": threshold,
+            "source": source,
+        },
         "repeats": args.repeats,
         "dense": dense,
         "glance_focus": gf,
         "runs": runs,
         "speedup": dense["total_seconds"] / gf["total_seconds"],
+        "sweep": _sweep(runs, dense, sum(outside.values())),
+        "glance_cost": glance_cost,
         "compute_floor": _compute_floor(dense, gf),
         "agreement": agreement,
     }

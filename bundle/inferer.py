@@ -26,6 +26,7 @@ from monai.networks.utils import eval_mode
 from monai.utils import BlendMode
 from tqdm import tqdm
 
+from bundle.glance import shared_window_logits
 from bundle.networks import select_probability
 
 __all__ = [
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("gf_screen.inferer")
+
+GLANCE_MODES = ("windows", "shared")
+EXTENT_DEPENDENT_NORMS = (torch.nn.GroupNorm, torch.nn.InstanceNorm3d, torch.nn.LayerNorm)
 
 GLANCE_FOCUS_KEY = "glance_focus"
 """Metadata key of a prediction's Glance-Focus statistics (``stats_meta``; read them with ``stats_of``)."""
@@ -135,6 +139,12 @@ class GlanceFocusInferer(Inferer):
         mode, sigma_scale: blending, as in ``sliding_window_inference``.
         device: where the networks run (windows are moved there batch by batch); the output stays on the input's device.
         progress: show a progress bar over the Focus batches (useful on CPU, where a scan takes minutes).
+        glance_mode: ``windows`` runs Glance on every window (the paper's); ``shared`` runs its convolutional trunk
+            once over the volume and pools each window's score from it (``bundle.glance``): same weights, one select
+            probability per window, a fraction of the cost. It needs a normalisation that does not depend on the
+            input's extent (batch norm, evaluated with its running statistics).
+        glance_slab: ``shared`` mode computes the trunk in axial slabs of this many voxels (None: the whole volume at
+            once), which bounds its memory on long scans.
     """
 
     def __init__(
@@ -149,8 +159,17 @@ class GlanceFocusInferer(Inferer):
         sigma_scale: float = 0.125,
         device: torch.device | str | None = None,
         progress: bool = False,
+        glance_mode: str = "windows",
+        glance_slab: int | None = None,
     ) -> None:
         super().__init__()
+        if glance_mode not in GLANCE_MODES:
+            raise ValueError(f"glance_mode must be one of {GLANCE_MODES}, got {glance_mode!r}.")
+        if glance_mode == "shared" and any(isinstance(m, EXTENT_DEPENDENT_NORMS) for m in glance.modules()):
+            raise ValueError(
+                "glance_mode 'shared' needs a Glance whose normalisation does not depend on the input's extent "
+                "(batch norm); group, instance or layer norm over the whole volume is not the window's computation."
+            )
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
         if threshold is not None and not 0 <= threshold <= 1:
@@ -165,6 +184,8 @@ class GlanceFocusInferer(Inferer):
         self.sigma_scale = sigma_scale
         self.device = device
         self.progress = progress
+        self.glance_mode = glance_mode
+        self.glance_slab = glance_slab
 
     def tile(self, spatial_shape: Sequence[int]) -> Tiling:
         """Pad (as ``sliding_window_inference`` does) to at least one window and list the windows."""
@@ -188,7 +209,14 @@ class GlanceFocusInferer(Inferer):
 
     @torch.no_grad()
     def glance_scores(self, image: torch.Tensor, tiling: Tiling) -> torch.Tensor:
-        """Glance's p_i for every window of ``image`` (shape (1, C, *image_size)), in batches, in eval mode."""
+        """Glance's p_i for every window of ``image`` (shape (1, C, *image_size)), in batches, in eval mode; in
+        ``shared`` mode from one trunk pass over the volume."""
+        if self.glance_mode == "shared":
+            with eval_mode(self.glance):
+                logits = shared_window_logits(
+                    self.glance, image.to(self._device(image)), tiling.slices, self.glance_slab
+                )
+            return select_probability(logits).cpu()
         scores = []
         with eval_mode(self.glance):
             for start in range(0, len(tiling.slices), self.glance_batch_size):

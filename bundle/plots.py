@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.writers import atomic_path
+from bundle.writers import CaseOutputs, atomic_path
 
 __all__ = ["plot_froc", "plot_lesion_types", "plot_key_slices", "plot_training", "TRAINING_PANELS"]
 
@@ -134,7 +134,8 @@ def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: in
 def _at_operating_point(image, prediction: str, min_score: float, score: str | None):
     """The written lesion map (channel first, on its own grid) without the lesions whose findings score (``score``,
     else the findings' own) is below ``min_score``."""
-    findings = json.loads(Path(prediction.replace("_lesion.nii.gz", "_findings.json")).read_text())
+    case = Path(prediction).parent  # <output_dir>/<case_id>/, the layout of bundle.writers.CaseOutputs
+    findings = json.loads(CaseOutputs(case.parent, case.name).findings.read_text())
     score = score or findings.get("lesion_score", "max_probability")
     kept = [les["number"] for les in findings["lesions"] if les[score] >= min_score]
     image = image.clone()

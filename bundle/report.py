@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bundle.writers import CaseOutputs
+
 __all__ = ["summarise_findings", "main"]
 
 
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_dir", help="the inference output_dir (holds <case_id>/<case_id>_findings.json)")
     parser.add_argument("--top", type=int, default=5, help="lesions listed per scan")
     args = parser.parse_args(argv)
-    files = sorted(Path(args.output_dir).glob("*/*_findings.json"))
+    out = Path(args.output_dir)
+    cases = [CaseOutputs(out, d.name) for d in sorted(out.iterdir())] if out.is_dir() else []
+    files = [c.findings for c in cases if c.findings.is_file()]
     if not files:
         raise SystemExit(f"no findings under {args.output_dir}")
     for path in files:

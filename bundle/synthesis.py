@@ -349,27 +349,23 @@ def synthesize_lesion(
     raise NoRoomError("; ".join(errors))
 
 
-def _paint(
-    hu: np.ndarray,
-    affine: np.ndarray,
+def _place(
     host: np.ndarray,
+    spacing: np.ndarray,
     name: str,
     rng: np.random.Generator,
     diameter_mm: tuple[float, float],
     margin_mm: float,
-    phase: str,
-) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
-    """One lesion of type ``name`` in ``host``: see ``synthesize_lesion``."""
-    spacing = spacing_of(affine)
+) -> tuple[float, np.ndarray, bool]:
+    """A diameter drawn from the type's and the asked range, and a centre deep enough in ``host`` for it (or, for
+    a type that may touch its host's edge, near enough to the edge that the edge cuts it)."""
     spec = LESION_TYPES[name]
-    host = np.asarray(host, dtype=bool)
     if not host.any():
         raise NoRoomError(f"{name}: the {spec.organ} mask is empty")
     d_lo, d_hi = max(spec.diameter_mm[0], diameter_mm[0]), min(spec.diameter_mm[1], diameter_mm[1])
     if d_lo > d_hi:
         raise NoRoomError(f"{name}: its sizes {spec.diameter_mm} miss the requested {diameter_mm}")
     diameter = float(np.exp(rng.uniform(np.log(d_lo), np.log(d_hi))))
-
     found = ndimage.find_objects(host.astype(np.uint8))[0]
     depth = ndimage.distance_transform_edt(np.pad(host[found], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     room = float(depth.max()) - margin_mm / 2.0
@@ -383,7 +379,77 @@ def _paint(
         edge_contact = len(near_edge) > 0
         candidates = near_edge if edge_contact else candidates
     centre = candidates[int(rng.integers(len(candidates)))] + np.array([s.start for s in found])
+    return diameter, centre, bool(edge_contact)
 
+
+def _shape(
+    hu_shape: tuple[int, ...],
+    affine: np.ndarray,
+    host: np.ndarray,
+    centre: np.ndarray,
+    diameter: float,
+    margin_mm: float,
+    rng: np.random.Generator,
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """The lesion's box around ``centre``, its signed distance (a deformed, rotated ellipsoid) and its blend weight,
+    cut by the host's edge together with its margin band."""
+    spacing = spacing_of(affine)
+    longest = diameter / 2.0 / (1.0 + DEFORMATION)
+    semi_axes = longest * np.array([1.0, *rng.uniform(*AXIS_RATIO, size=2)])
+    rotation = Rotation.random(rng=rng).as_matrix()
+    half = np.ceil((diameter / 2.0 + margin_mm / 2.0) / spacing).astype(int) + 1
+    lo, hi = np.maximum(centre - half, 0), np.minimum(centre + half + 1, hu_shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
+    coarse = rng.standard_normal((3, 4, 4, 4))
+    coords = np.meshgrid(*[np.linspace(0, 3, n) for n in box_shape], indexing="ij")
+    displacement = np.stack([ndimage.map_coordinates(c, coords, order=3, mode="nearest") for c in coarse])
+    displacement *= DEFORMATION * longest / max(float(np.linalg.norm(displacement, axis=0).max()), 1e-6)
+    distance = lesion_signed_distance(box_shape, centre - lo, affine[:3, :3], semi_axes, rotation, displacement)
+    weight = blend_weight(distance, margin_mm) * host[box]
+    inside = weight >= 0.5  # where the host's edge cuts the lesion, its margin band goes too
+    weight *= inside | (ndimage.distance_transform_edt(~inside, sampling=spacing) < margin_mm / 2.0)
+    return box, distance, weight
+
+
+def _texture(
+    spec: LesionType,
+    distance: np.ndarray,
+    spacing: np.ndarray,
+    mean_hu: float,
+    heterogeneity: float,
+    stats: dict,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, bool]:
+    """The lesion's HU in its box: mean, textured heterogeneity and the host's noise; for some types a necrotic
+    centre, a low-attenuation core inside a viable rim of 30-60 % of the lesion's depth with a 3 mm transition."""
+    lesion = (
+        mean_hu
+        + heterogeneity * unit_noise(distance.shape, TEXTURE_SCALE_MM / spacing, rng)
+        + float(stats["noise_std"]) * unit_noise(distance.shape, stats["noise_sigma_voxels"], rng)
+    )
+    necrotic = spec.necrosis_prob > 0 and rng.random() < spec.necrosis_prob
+    if necrotic:
+        rim = rng.uniform(0.3, 0.6) * float(distance.max())
+        core = np.clip((distance - rim) / 3.0, 0.0, 1.0).astype(np.float32)
+        lesion = lesion - core * float(rng.uniform(*spec.necrosis_drop_hu))
+    return lesion, bool(necrotic)
+
+
+def _paint(
+    hu: np.ndarray,
+    affine: np.ndarray,
+    host: np.ndarray,
+    name: str,
+    rng: np.random.Generator,
+    diameter_mm: tuple[float, float],
+    margin_mm: float,
+    phase: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """One lesion of type ``name`` in ``host``: see ``synthesize_lesion``."""
+    spacing, spec = spacing_of(affine), LESION_TYPES[name]
+    host = np.asarray(host, dtype=bool)
+    diameter, centre, edge_contact = _place(host, spacing, name, rng, diameter_mm, margin_mm)
     # statistics in a box of STATS_REACH_MM around the centre: local, and cheap on large scans
     near = tuple(slice(max(int(c - r), 0), int(c + r + 1)) for c, r in zip(centre, np.ceil(STATS_REACH_MM / spacing)))
     organ = ORGANS[spec.organ]
@@ -393,38 +459,8 @@ def _paint(
     stats = host_statistics(hu[near], host[near], organ.reference_hu, soft)
     mean_hu = _sample_mean_hu(spec, float(stats["reference_hu"]), phase, rng)
     heterogeneity = float(rng.uniform(*spec.heterogeneity_hu))
-
-    longest = diameter / 2.0 / (1.0 + DEFORMATION)
-    semi_axes = longest * np.array([1.0, *rng.uniform(*AXIS_RATIO, size=2)])
-    rotation = Rotation.random(rng=rng).as_matrix()
-    reach = diameter / 2.0 + margin_mm / 2.0
-    half = np.ceil(reach / spacing).astype(int) + 1
-    lo = np.maximum(centre - half, 0)
-    hi = np.minimum(centre + half + 1, hu.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
-
-    coarse = rng.standard_normal((3, 4, 4, 4))
-    coords = np.meshgrid(*[np.linspace(0, 3, n) for n in box_shape], indexing="ij")
-    displacement = np.stack([ndimage.map_coordinates(c, coords, order=3, mode="nearest") for c in coarse])
-    displacement *= DEFORMATION * longest / max(float(np.linalg.norm(displacement, axis=0).max()), 1e-6)
-    distance = lesion_signed_distance(box_shape, centre - lo, affine[:3, :3], semi_axes, rotation, displacement)
-    weight = blend_weight(distance, margin_mm) * host[box]
-    inside = weight >= 0.5  # where the host's edge cuts the lesion, its margin band goes too
-    weight *= inside | (ndimage.distance_transform_edt(~inside, sampling=spacing) < margin_mm / 2.0)
-
-    noise_std = float(stats["noise_std"])
-    texture_sigma = TEXTURE_SCALE_MM / spacing
-    lesion = (
-        mean_hu
-        + heterogeneity * unit_noise(box_shape, texture_sigma, rng)
-        + noise_std * unit_noise(box_shape, stats["noise_sigma_voxels"], rng)
-    )
-    necrotic = spec.necrosis_prob > 0 and rng.random() < spec.necrosis_prob
-    if necrotic:  # a low-attenuation centre inside a viable rim of 30-60 % of the lesion's depth, 3 mm transition
-        rim = rng.uniform(0.3, 0.6) * float(distance.max())
-        core = np.clip((distance - rim) / 3.0, 0.0, 1.0).astype(np.float32)
-        lesion = lesion - core * float(rng.uniform(*spec.necrosis_drop_hu))
+    box, distance, weight = _shape(hu.shape, affine, host, centre, diameter, margin_mm, rng)
+    lesion, necrotic = _texture(spec, distance, spacing, mean_hu, heterogeneity, stats, rng)
     original = hu[box].astype(np.float32)
     out = hu.astype(np.float32, copy=True)
     out[box] = original + weight * (lesion - original)
@@ -439,12 +475,12 @@ def _paint(
         "volume_ml": round(float(mask.sum() * np.prod(spacing)) / 1000.0, 4),
         "mean_hu": round(mean_hu, 2),
         "host_reference_hu": round(float(stats["reference_hu"]), 2),
-        "noise_std_hu": round(noise_std, 2),
+        "noise_std_hu": round(float(stats["noise_std"]), 2),
         "heterogeneity_hu": round(heterogeneity, 2),
         "margin_mm": margin_mm,
         "phase": phase,
-        "edge_contact": bool(edge_contact),
-        "necrotic_centre": bool(necrotic),
+        "edge_contact": edge_contact,
+        "necrotic_centre": necrotic,
     }
     return out, mask, info
 
@@ -592,6 +628,22 @@ def load_ras(path: str | os.PathLike) -> MetaTensor:
     return Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(image)
 
 
+def _load_source(name: str, data_root: Path) -> tuple[MetaTensor, dict[str, np.ndarray], np.ndarray, str]:
+    """A synthesis source: its image (RAS), its lesion hosts without its own lesion, that lesion, its contrast phase."""
+    source = SOURCES[name]
+    image = load_ras(data_root / source.image)
+    organ_map = None if source.organ_map is None else load_ras(data_root / source.organ_map)
+    label = np.zeros(image.shape[1:], bool)
+    if source.label is not None:
+        label = np.asarray(load_ras(data_root / source.label)[0]) > 0
+    if organ_map is not None and tuple(organ_map.shape) != tuple(image.shape):
+        raise ValueError(f"{name}: organ map shape {tuple(organ_map.shape)} != image {tuple(image.shape)}")
+    hu = image[0].numpy()
+    organs = None if organ_map is None else organ_map[0].numpy()
+    hosts = host_masks(hu, image.affine.numpy(), organs)
+    return image, {k: v & ~label for k, v in hosts.items()}, label, contrast_phase(hu, organs)
+
+
 def make_synthetic_set(
     out_dir: str | os.PathLike,
     count: int,
@@ -621,30 +673,13 @@ def make_synthetic_set(
     items = []
     for index in range(count):
         name = sources[index % len(sources)]
-        source = SOURCES[name]
         if name not in loaded:
-            image = load_ras(data_root / source.image)
-            organ_map = None if source.organ_map is None else load_ras(data_root / source.organ_map)
-            label = np.zeros(image.shape[1:], bool)
-            if source.label is not None:
-                label = np.asarray(load_ras(data_root / source.label)[0]) > 0
-            for other in (organ_map,):
-                if other is not None and tuple(other.shape) != tuple(image.shape):
-                    raise ValueError(f"{name}: organ map shape {tuple(other.shape)} != image {tuple(image.shape)}")
-            hu = image[0].numpy()
-            hosts = host_masks(hu, image.affine.numpy(), None if organ_map is None else organ_map[0].numpy())
-            phase = contrast_phase(hu, None if organ_map is None else organ_map[0].numpy())
-            loaded[name] = (image, {k: v & ~label for k, v in hosts.items()}, label, phase)
+            loaded[name] = _load_source(name, data_root)
         image, hosts, label, phase = loaded[name]
+        rng = np.random.default_rng([seed, index])
+        affine = image.affine.numpy()
         new, mask, info = synthesize_lesion(
-            image[0].numpy(),
-            image.affine.numpy(),
-            hosts,
-            np.random.default_rng([seed, index]),
-            lesion_types,
-            diameter_mm,
-            margin_mm,
-            phase,
+            image[0].numpy(), affine, hosts, rng, lesion_types, diameter_mm, margin_mm, phase
         )
         case_id = f"synth_{index:04d}"
         image_rel, label_rel = f"images/{case_id}.nii.gz", f"labels/{case_id}.nii.gz"
@@ -658,16 +693,19 @@ def make_synthetic_set(
                 "id": case_id,
                 "image": image_rel,
                 "label": label_rel,
-                "region": source.region,
+                "region": SOURCES[name].region,
                 "lesion_type": info["lesion_type"],
                 "host_organ": info["organ"],  # not "organ": training configs load that key as an organ-map file
                 "source": name,
                 "synthesis": {"seed": seed, "index": index, **info},
             }
         )
-        logger.info(
-            "%s: %s in %s, %.1f mm, %.0f HU", case_id, info["lesion_type"], name, info["diameter_mm"], info["mean_hu"]
-        )
+        logger.info("%s: %s in %s, %.1f mm, %.0f HU", case_id, info["lesion_type"], name, info["diameter_mm"],
+                    info["mean_hu"])  # fmt: skip
+    return _write_synthetic_datalist(out_dir, items, seed, count, sources)
+
+
+def _write_synthetic_datalist(out_dir: Path, items: list[dict], seed: int, count: int, sources: Sequence[str]) -> dict:
     datalist = {
         "description": (
             "GF-Screen synthetic validation set: parametric lesions painted into real CT by bundle/synthesis.py "

@@ -122,6 +122,28 @@ def test_bad_series_are_named_and_the_valid_one_is_screened(mixed_run):
     assert f"Skipped series {thicker}" not in logs  # a valid candidate, passed over for the thinner one
 
 
+def test_both_entry_points_accept_and_refuse_the_same_series(mixed_run):
+    """One DICOM series policy: every series folder of the mixed input that bundle inference refuses, the app skips
+    with the same reason; the two it accepts, the app does not skip (it screens the thinner one)."""
+    from bundle.data import list_inputs
+    from bundle.validation import InvalidScanError
+
+    proc, _, inp = mixed_run
+    skipped = [line for line in (proc.stdout + proc.stderr).splitlines() if "Skipped series" in line]
+    for folder in sorted(p for p in inp.iterdir() if p.is_dir() and p.name != "corrupt"):
+        uid = pydicom.dcmread(next(folder.iterdir())).SeriesInstanceUID
+        app_lines = [line for line in skipped if f"Skipped series {uid} " in line]
+        try:
+            list_inputs(folder)
+        except InvalidScanError as e:
+            reason = str(e).split(": ", 1)[1].rstrip(".")
+            assert len(app_lines) == 1 and app_lines[0].endswith(reason), (folder.name, reason, app_lines)
+        else:
+            assert folder.name in ("valid", "thicker") and app_lines == [], folder.name
+    with pytest.raises(InvalidScanError, match="truncated"):  # the app drops the cut file, then sees the gap
+        list_inputs(inp / "corrupt")
+
+
 def test_nothing_found_is_stated_in_json_and_sr_without_seg(mixed_run):
     """Glance keeps no window: no lesion. No SEG is written (a SEG needs a segment); JSON and SR say so."""
     proc, out, _ = mixed_run

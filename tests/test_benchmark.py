@@ -47,7 +47,8 @@ def test_benchmark_on_a_small_real_scan(shared_data, tmp_path, monkeypatch, caps
     monkeypatch.chdir(ROOT)
     scan = shared_data / "mirp_sts_sarcoma_ct" / "STS_003" / "nifti" / "image" / "image.nii.gz"
     output = tmp_path / "bench.json"
-    argv = ["--input", str(scan), "--allow_untrained", "--keep_fraction", "0.25", "--output", str(output)]
+    argv = ["--input", str(scan), "--allow_untrained", "--keep_fraction", "0.25", "0.5", "--output", str(output)]
+    argv += ["--glance_modes", "windows", "--end_to_end"]
     results = main(argv + [arg for config in CONFIGS for arg in ("--config_file", config)])
 
     parser = ConfigParser()
@@ -64,6 +65,15 @@ def test_benchmark_on_a_small_real_scan(shared_data, tmp_path, monkeypatch, caps
     assert results["agreement"]["voxels"] > 0 and results["agreement"]["max_abs_diff"] < 1e-4
     assert json.loads(output.read_text())["glance_focus"]["windows_kept"] == gf["windows_kept"]
     assert "speed-up dense / Glance-Focus total" in capsys.readouterr().out
+    # the keep-fraction sweep, the parts outside the networks and Glance's own cost, measured in the same run
+    assert [r["keep_fraction"] for r in results["sweep"]] == [0.25, 0.5]
+    assert results["runs"]["glance_focus_k0.5"][0]["windows_kept"] == 2
+    outside = results["outside_networks"]
+    assert outside["postprocessing_seconds"] > 0 and outside["writing_seconds"] > 0
+    for row in results["sweep"]:  # the same seconds outside the networks pull the end-to-end ratio towards 1
+        assert 1 <= row["speedup_end_to_end"] <= row["speedup"] or row["speedup"] <= row["speedup_end_to_end"] <= 1
+    cost = results["glance_cost"]["windows"]
+    assert cost["fraction_of_dense_focus"] == pytest.approx(cost["glance_seconds"] / dense["focus_seconds"])
 
 
 def test_axial_range_screens_only_that_slab():

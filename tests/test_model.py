@@ -1,6 +1,6 @@
 """The shipped model (models/model.pt): safe loading, its recorded identity, and what it finds on a held-out scan.
 
-The bars come from the measured result in docs/README.md ("Evaluation") with a margin: they catch a model that no
+The bars come from the measured result in docs/README.md ("Performance") with a margin: they catch a model that no
 longer finds the held-out nodule or that floods the scan with false positives, not small numerical drift.
 """
 
@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 MODEL = ROOT / "models/model.pt"
 CALIBRATION = ROOT / "models/calibration.json"
 CONFIGS = [ROOT / "configs/inference.yaml", ROOT / "configs/small.yaml"]
-# Measured on sample_data/lung1 with the shipped operating point (docs/README.md, "Evaluation"): Dice 0.818, the
+# Measured on sample_data/lung1 with the shipped operating point (docs/README.md, "Performance"): Dice 0.818, the
 # nodule as the only lesion. The bars leave a margin for numerical drift, not for a different model.
 MIN_DICE = 0.65
 MAX_FALSE_POSITIVES = 2
@@ -39,8 +39,8 @@ def test_weights_load_with_weights_only_into_the_shipped_configuration():
 
 
 def test_model_card_sha256_and_calibrated_operating_point_are_the_shipped_ones():
-    """docs/README.md names the file by its sha256; small.yaml's thresholds are the calibration record's, made with
-    these weights."""
+    """docs/README.md names the file by its sha256; the operating point (configs/operating_point.yaml, which
+    small.yaml reads) is the calibration record's, made with these weights."""
     digest = hashlib.sha256(MODEL.read_bytes()).hexdigest()
     assert digest in (ROOT / "docs/README.md").read_text()
     record = json.loads(CALIBRATION.read_text())
