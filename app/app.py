@@ -12,7 +12,8 @@ file or folder of NIfTI files as input takes the research path: NIfTI loader -> 
 NIfTI lesion map.
 
 Run: ``python app -i <dicom folder> -o <output> -m <bundle folder>`` (or HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH,
-HOLOSCAN_MODEL_PATH). Exit statuses: docs/deploy.md. Measured on a 2-core CPU with the small config: the model card, docs/README.md.
+HOLOSCAN_MODEL_PATH). Exit statuses: docs/deploy.md. Measured on a 2-core CPU with the small config: the model card,
+docs/README.md.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ __all__ = [
 
 logger = logging.getLogger("gf_screen.writers")
 
+
 def _temp_beside(path: Path, suffix: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
