@@ -78,13 +78,14 @@ def example_ct(shared_data) -> nib.Nifti1Image:
 
 @pytest.fixture
 def lidc_series(shared_data, tmp_path) -> Path:
-    """12 consecutive 1 mm slices of the LIDC-IDRI-0314 DICOM series, copied (enough for the header checks)."""
-    src = sorted((shared_data / "lidc_idri_0314_nodule" / "dicom").glob("*.dcm"))[18:30]
+    """32 consecutive 1 mm slices of the LIDC-IDRI-0314 DICOM series, copied (the 30 mm a series needs to be screened,
+    enough for the header checks)."""
+    src = sorted((shared_data / "lidc_idri_0314_nodule" / "dicom").glob("*.dcm"))[8:40]
     folder = tmp_path / "lidc_0314"
     folder.mkdir()
     for f in src:
         shutil.copyfile(f, folder / f.name)
-    assert check_dicom_series(folder)["n_slices"] == 12  # the copy itself is a valid series
+    assert check_dicom_series(folder)["n_slices"] == 32  # the copy itself is a valid series
     return folder
 
 
@@ -216,14 +217,12 @@ def test_validate_ct_rejects_plain_tensor():
         ValidateCTd(keys="image")({"image": torch.zeros(1, 8, 8, 8)})
 
 
-def test_three_slice_series_too_small(preprocessing, shared_data, tmp_path):
+def test_three_slice_series_too_small(shared_data, tmp_path):
     folder = tmp_path / "ct3slice"
     shutil.copytree(shared_data / "dcmqi_ct3slice_seg" / "ct", folder)
-    items = list_inputs(folder)  # a valid, evenly spaced series ...
-    assert [it["image"] for it in items] == [str(folder)]
-    with pytest.raises(RuntimeError) as err:  # ... but 3 mm thick
-        preprocessing(items[0])
-    error = _in_chain(err.value, InvalidScanError)
+    with pytest.raises(InvalidScanError) as err:  # a valid, evenly spaced series, but 3 mm thick: refused up front
+        list_inputs(folder)
+    error = err.value
     assert str(folder) in str(error)
     assert "too small to screen" in str(error)
 
