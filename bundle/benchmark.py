@@ -38,7 +38,7 @@ from bundle.data import list_inputs
 from bundle.inferer import GLANCE_FOCUS_KEY, GlanceFocusInferer, GlanceFocusStats, Tiling, stats_meta, stats_of
 from bundle.pipeline import ScreeningPipeline, build_pipeline
 from bundle.transforms import CropAxialRanged
-from bundle.writers import SaveScanOutputsd, atomic_write_json
+from bundle.writers import SaveScanOutputsd, print_and_record
 
 __all__ = ["main", "top_fraction_mask", "PeakMemory", "MeasuredInferer"]
 
@@ -570,10 +570,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "compute_floor": _compute_floor(dense, gf),
         "agreement": agreement,
     }
-    print(report(results), flush=True)
-    if args.output:
-        atomic_write_json(results, args.output)
-        print(f"wrote {args.output}")
+    print_and_record(report(results), results, args.output)
     return results
 
 

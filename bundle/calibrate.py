@@ -42,7 +42,7 @@ from bundle.data import list_inputs
 from bundle.findings import LESION_SCORES
 from bundle.metrics import froc, lesion_scores, min_score_for_fp_budget
 from bundle.pipeline import ScreeningPipeline, build_pipeline
-from bundle.writers import atomic_path, atomic_write_json
+from bundle.writers import atomic_path, print_and_record
 
 __all__ = [
     "choose_lesion_score",
@@ -496,9 +496,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "cases": cases,
         "screened_cases": screened,
     }
-    print(_summary(record), flush=True)
-    atomic_write_json(record, args.output)
-    print(f"wrote {args.output}")
+    print_and_record(_summary(record), record, args.output)
     if lesion[1]:
         raise SystemExit(f"{lesion[1]} Nothing written to a config; the screening is in {args.output}.")
     if args.write_config:

@@ -26,7 +26,7 @@ import torch
 from bundle.data import list_inputs
 from bundle.networks import select_probability
 from bundle.pipeline import ScreeningPipeline, build_pipeline
-from bundle.writers import atomic_write_json
+from bundle.writers import print_and_record
 
 __all__ = ["LEVERS", "main", "measure_lever"]
 
@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--config_file", action="append", help="bundle configs, merged in order")
     parser.add_argument("--windows", type=int, default=8, help="windows to time each lever on (default 8)")
     parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS)
+    parser.add_argument("--networks", nargs="+", default=["glance", "focus"], choices=("glance", "focus"))
     parser.add_argument(
         "--tolerance", type=float, default=1e-2, help="largest probability change a kept lever may make"
     )
@@ -182,12 +183,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "networks": {
             name: _measure_network(name, net, windows, pipeline.get(f"{name}_batch_size"), pipeline.device, args.levers)
             for name, net in (("glance", pipeline.glance), ("focus", pipeline.focus))
+            if name in args.networks
         },
     }
-    print(_table(results, args.tolerance), flush=True)
-    if args.output:
-        atomic_write_json(results, args.output)
-        print(f"wrote {args.output}")
+    print_and_record(_table(results, args.tolerance), results, args.output)
     return results
 
 

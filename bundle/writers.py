@@ -27,6 +27,7 @@ __all__ = [
     "CaseOutputs",
     "finalize_findings",
     "log_findings",
+    "print_and_record",
     "publish_folder",
     "refuse_input_folder",
     "SaveScanOutputsd",
@@ -63,6 +64,14 @@ def atomic_write_json(obj: object, path: str | os.PathLike, indent: int = 2) -> 
     with atomic_path(path, ".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
     return Path(path)
+
+
+def print_and_record(summary: str, record: dict, output: str | os.PathLike | None) -> None:
+    """How a measuring command ends: its summary on stdout, and every figure as JSON at ``output`` (atomically)."""
+    print(summary, flush=True)
+    if output:
+        atomic_write_json(record, output)
+        print(f"wrote {output}")
 
 
 def atomic_write_nifti(array: torch.Tensor, affine: torch.Tensor, path: str | os.PathLike) -> Path:

@@ -319,3 +319,18 @@ def test_validation_reads_a_synthetic_set_through_the_training_preprocessing(tmp
     item = dataset[0]
     assert item["image"].shape == item["label"].shape and item["label"].sum() > 0
     assert item["region"] == "chest" and "organ" not in item
+
+
+def test_grl_trains_a_batch_norm_glance_that_validates_in_shared_mode(shared_data, tmp_path):
+    """The shared Glance is trained by the same GRL workflow: training runs the network on window crops, validation
+    scores every window of each scan from one trunk pass (glance_mode: shared), and its window metrics come out."""
+    wf = _workflow(tmp_path, shared_data, max_epochs=1, val_interval=1, glance_norm="batch", glance_mode="shared")
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    before = _params(trainer.glance)
+    wf.run()
+    inferer = wf.parser.get_parsed_content("validate#inferer")
+    assert inferer.glance_mode == "shared" and inferer.glance is trainer.glance
+    assert any(not torch.equal(before[k], v) for k, v in trainer.glance.state_dict().items() if v.is_floating_point())
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert 0 <= metrics["keep_fraction"] <= 1 and 0 <= metrics["val_mean_dice"] <= 1
+    assert math.isfinite(metrics["glance_sensitivity"])

@@ -10,8 +10,22 @@ SMALL="--config_file configs/inference.yaml --config_file configs/small.yaml --c
 PAPER="--config_file configs/inference.yaml --config_file $OUT/untrained.yaml"
 SWEEP="--keep_fraction 0.05 0.1 0.167 0.3 --glance_modes windows shared --end_to_end --allow_untrained"
 python -m bundle.benchmark --input $SERIES $SMALL $SWEEP --output $OUT/small_134.json > $OUT/small_134.log 2>&1
-python -m bundle.benchmark --input $SCAN400 $SMALL $SWEEP --output $OUT/small_400.json > $OUT/small_400.log 2>&1
-python -m bundle.levers --input $SERIES $SMALL --allow_untrained --windows 8 --output $OUT/levers_small.json \
-    > $OUT/levers_small.log 2>&1
-python -m bundle.benchmark --input $SERIES $PAPER --keep_fraction 0.05 --glance_modes windows shared --end_to_end \
-    --allow_untrained --output $OUT/paper_134.json > $OUT/paper_134.log 2>&1
+python -m bundle.benchmark --input $SCAN400 $SMALL --keep_fraction 0.05 0.167 --glance_modes shared --end_to_end \
+    --allow_untrained --output $OUT/small_400.json > $OUT/small_400.log 2>&1
+# the paper-size networks on CPU: the lesion-free slab (48 windows) keeps the dense run to minutes
+python -m bundle.benchmark --input $SERIES $PAPER --axial_range_mm 385 500 --keep_fraction 0.05 \
+    --glance_modes shared --allow_untrained --output $OUT/paper_slab.json > $OUT/paper_slab.log 2>&1
+# a strided stem (glance_stem_stride 2), small networks: Glance per window and shared, against dense Focus
+STEM2="--config_file configs/inference.yaml --config_file configs/small.yaml --config_file $OUT/untrained_batchnorm_stem2.yaml"
+python -m bundle.benchmark --input $SERIES $STEM2 --keep_fraction 0.05 0.1 --glance_modes windows shared --end_to_end \
+    --allow_untrained --output $OUT/small_stem2_134.json > $OUT/small_stem2_134.log 2>&1
+# the cheap levers, small networks: the exact ones on both networks; bfloat16 (no native support on this CPU: slow)
+# and torch.compile on Glance alone, on fewer windows
+python -m bundle.levers --input $SERIES $SMALL --allow_untrained --windows 4 \
+    --levers no_grad batch_1 batch_4 one_thread channels_last_3d --output $OUT/levers_small.json > $OUT/levers_small.log 2>&1
+python -m bundle.levers --input $SERIES $SMALL --allow_untrained --windows 2 --networks glance \
+    --levers bfloat16_autocast torch_compile --output $OUT/levers_small_glance.json > $OUT/levers_small_glance.log 2>&1
+# the paper-size networks with a strided stem, same slab
+PAPER2="--config_file configs/inference.yaml --config_file $OUT/untrained_stem2.yaml"
+python -m bundle.benchmark --input $SERIES $PAPER2 --axial_range_mm 385 500 --keep_fraction 0.05 \
+    --glance_modes windows shared --allow_untrained --output $OUT/paper_stem2_slab.json > $OUT/paper_stem2_slab.log 2>&1
