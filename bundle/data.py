@@ -101,15 +101,16 @@ TRAINING_KEYS = ("id", "image", "label", "organ", "region", "axial_range_mm")
 
 
 def training_items(
-    datalist: str | os.PathLike, dataset_dir: str | os.PathLike, lesion_free_repeat: int = 10
+    datalist: str | os.PathLike, dataset_dir: str | os.PathLike, lesion_free_repeat: int = 10, host_repeat: int = 1
 ) -> list[dict]:
     """The ``training`` items, the optional ``training_lesion_free`` items repeated ``lesion_free_repeat`` times, and
-    the optional ``training_synthesis_hosts``.
+    the optional ``training_synthesis_hosts`` repeated ``host_repeat`` times.
 
     Lesion-free items carry no label (``bundle.transforms.EnsureLabeld`` gives them a zero one). Repeating them
     follows the paper's code, which lists its healthy scans 10 times. Synthesis hosts carry no label; with an
     ``organ`` map ``bundle.synthesis.RandSynthLesiond`` paints lesions into its organs, without one into the
-    HU-threshold lungs; an ``axial_range_mm`` limits a host to its lesion-free slab.
+    HU-threshold lungs; an ``axial_range_mm`` limits a host to its lesion-free slab. Unpainted host windows are the
+    real lesion-free anatomy of training (the sarcoma crops hold little): repeating the hosts samples more of it.
     """
 
     def optional(split: str) -> list[dict]:
@@ -126,6 +127,6 @@ def training_items(
     free = optional("training_lesion_free")
     hosts = optional("training_synthesis_hosts")
     # only what the pipeline reads (descriptive fields differ between lists and would break batch collation); each
-    # repeat of a lesion-free scan is its own dict
-    items = lesion + free * lesion_free_repeat + hosts
+    # repeat of a lesion-free scan or a host is its own dict
+    items = lesion + free * lesion_free_repeat + hosts * host_repeat
     return [{k: v for k, v in item.items() if k in TRAINING_KEYS} for item in items]

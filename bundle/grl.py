@@ -26,6 +26,7 @@ __all__ = [
     "kl_k3",
     "balanced_bce",
     "grl_loss",
+    "WindowCELoss",
 ]
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -196,3 +197,14 @@ def grl_loss(
         **stats,
     }
     return total, terms
+
+
+class WindowCELoss(torch.nn.Module):
+    """L_CE alone, as a ``loss_function`` for MONAI's ``SupervisedTrainer``: ``(glance_logits, labels) -> balanced_bce``.
+
+    Glance's supervised stage (configs/train_glance.yaml) trains Glance on many windows per step with only this term,
+    Focus untouched: the reward of GRL carries no signal while Focus misses the lesions, the window labels always do.
+    """
+
+    def forward(self, glance_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return balanced_bce(select_probability(glance_logits), window_has_lesion(labels))

@@ -163,6 +163,11 @@ def test_training_items_collate_across_lists(shared_data):
     assert "label" not in chest and "organ" not in chest and chest["region"] == "chest"
     assert all(set(item) <= {"id", "image", "label", "organ", "region", "axial_range_mm"} for item in items)
     assert by_id["pancreas_ct_cb_001_thorax"]["axial_range_mm"] == [385.0, 500.0]
+    # host_repeat lists each host that many times, as separate dicts, and nothing else more often
+    repeated = training_items(COMMITTED, shared_data, host_repeat=3)
+    hosts = [i for i in repeated if "label" not in i]
+    assert len(repeated) == len(items) + 2 * len(hosts) // 3 and len(hosts) == 3 * 3
+    assert len({id(i) for i in hosts}) == len(hosts)
 
 
 def test_thorax_slab_host_has_lungs_and_ends_above_the_abdomen(shared_data):

@@ -10,6 +10,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from bundle.grl import (
+    WindowCELoss,
     balanced_bce,
     clipped_surrogate,
     dice_reward,
@@ -187,6 +188,19 @@ def test_balanced_bce_weighs_classes_equally():
     p = torch.full((16,), 0.5, requires_grad=True)
     balanced_bce(p, c).backward()
     assert p.grad[:4].sum().item() == pytest.approx(-1.0) and p.grad[4:].sum().item() == pytest.approx(1.0)
+
+
+def test_window_ce_loss_labels_each_window_by_its_lesion_voxels():
+    """The Glance stage's loss: window i is a lesion window when its label crop holds one lesion voxel or more."""
+    labels = torch.zeros(5, 1, 4, 4, 2)
+    labels[0, 0, 1, 2, 1] = 1  # a single voxel makes window 0 a lesion window
+    labels[1, 0, :2] = 1
+    logits = glance_logits_for([0.9, 0.6, 0.2, 0.4, 0.1])
+    pos = (-math.log(0.9) - math.log(0.6)) / 2
+    neg = (-math.log(0.8) - math.log(0.6) - math.log(0.9)) / 3
+    assert WindowCELoss()(logits, labels).item() == pytest.approx(0.5 * pos + 0.5 * neg, rel=1e-5)
+    labels[0] = 0  # window 0 lesion-free: a different loss
+    assert WindowCELoss()(logits, labels).item() != pytest.approx(0.5 * pos + 0.5 * neg, rel=1e-3)
 
 
 def test_saturated_probabilities_stay_finite():

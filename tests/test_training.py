@@ -17,9 +17,9 @@ TRAIN = [str(ROOT / "configs/train.yaml"), str(ROOT / "configs/small.yaml")]
 FAST = {"roi_size": [64, 64, 32], "warmup_iterations": 0, "device": "$torch.device('cpu')", "amp": False}
 
 
-def _workflow(tmp_path, shared_data, **override) -> ConfigWorkflow:
+def _workflow(tmp_path, shared_data, config_file=TRAIN, **override) -> ConfigWorkflow:
     wf = ConfigWorkflow(
-        config_file=TRAIN,
+        config_file=config_file,
         meta_file=str(ROOT / "configs/metadata.json"),
         logging_file=str(ROOT / "configs/logging.conf"),
         workflow_type="train",
@@ -334,3 +334,40 @@ def test_grl_trains_a_batch_norm_glance_that_validates_in_shared_mode(shared_dat
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     assert 0 <= metrics["keep_fraction"] <= 1 and 0 <= metrics["val_mean_dice"] <= 1
     assert math.isfinite(metrics["glance_sensitivity"])
+
+
+def test_glance_stage_trains_glance_alone_and_writes_focus_back_unchanged(shared_data, tmp_path):
+    """configs/train_glance.yaml: Glance learns from the window CE on 4 scans per step; the model file it writes holds
+    that Glance and the starting Focus bit for bit, loadable by inference."""
+    seeded = _workflow(tmp_path / "a", shared_data)
+    start = {
+        "glance": _params(seeded.parser.get_parsed_content("glance")),
+        "focus": {
+            k: torch.randn_like(v) if v.is_floating_point() else v
+            for k, v in _params(seeded.parser.get_parsed_content("network")).items()
+        },
+    }
+    torch.save(start, tmp_path / "start.pt")
+    wf = _workflow(
+        tmp_path / "b",
+        shared_data,
+        config_file=[*TRAIN, str(ROOT / "configs/train_glance.yaml")],
+        max_epochs=2,
+        init_weights=str(tmp_path / "start.pt"),
+        host_repeat=1,
+        windows_per_scan=2,
+    )
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    wf.run()
+    assert trainer.network is wf.parser.get_parsed_content("glance")
+    assert trainer.state.iteration == len(losses) == 2  # 4 training scans, 4 per step, 2 epochs
+    assert all(math.isfinite(v) and v > 0 for v in losses)
+    glance, focus = wf.parser.get_parsed_content("glance_def"), wf.parser.get_parsed_content("network_def")
+    assert load_weights(tmp_path / "b/models/model.pt", glance, focus)["status"] == "trained"
+    for name, value in focus.state_dict().items():
+        assert torch.equal(value, start["focus"][name]), name
+    trained = glance.state_dict()
+    assert any(not torch.equal(start["glance"][k], v) for k, v in trained.items() if v.is_floating_point())
+    assert (tmp_path / "b/models/checkpoint_last.pt").is_file()
