@@ -168,7 +168,8 @@ class GlanceFocusStatsd(MapTransform):
 
 
 class LesionFindingsd(MapTransform):
-    """Turn the inverted 2-channel probability map into the numbered lesion map and the findings of the scan.
+    """Turn the inverted lesion probability (1 channel, ``BoundToBodyd``'s output) into the numbered lesion map and the
+    findings of the scan.
 
     A voxel is lesion when its probability is >= ``threshold``; a lesion is reported when its ``score`` (maximum or
     mean probability, ``LESION_SCORES``) is >= ``min_score`` (the calibrated detection operating point; at or below
@@ -206,10 +207,10 @@ class LesionFindingsd(MapTransform):
         d = dict(data)
         key = self.first_key(d)
         prob = d[key]
-        if not isinstance(prob, MetaTensor) or prob.shape[0] != 2:
-            raise ValueError(f"{key}: expected the 2-channel probability MetaTensor after Invertd, got {prob.shape}.")
+        if not isinstance(prob, MetaTensor) or prob.shape[0] != 1:
+            raise ValueError(f"{key}: expected the 1-channel lesion probability MetaTensor after Invertd, got {prob.shape}.")
         affine = prob.affine.numpy()
-        lesion_prob = prob[1].numpy().astype(np.float32)
+        lesion_prob = prob[0].numpy().astype(np.float32)
         region = str(d.get(self.region_key, ""))
         numbers, lesions = lesion_findings(
             lesion_prob, lesion_prob >= self.threshold, affine, region, self.score, self.min_score

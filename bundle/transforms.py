@@ -242,7 +242,9 @@ class BoundToBodyd(MapTransform):
 
     Runs on the preprocessed grid, before ``Invertd``: the body is ``body_mask`` of the windowed image above the
     window value of ``BODY_HU`` (above 0 where the window starts higher, as the abdomen window does), grown by
-    ``margin_voxels`` in-plane so that lesions at the skin are kept. ``keys`` are the 2-channel probability maps.
+    ``margin_voxels`` in-plane so that lesions at the skin are kept. ``keys`` are the 2-channel probability maps; each
+    becomes its 1-channel lesion probability (the background channel is 1 minus it), so that ``Invertd`` resamples
+    one channel, not two: half the postprocessing time of a full scan.
     """
 
     def __init__(
@@ -277,8 +279,7 @@ class BoundToBodyd(MapTransform):
             prob = d[key]
             if prob.shape[0] != 2 or tuple(prob.shape[1:]) != tuple(body.shape):
                 raise ValueError(f"{key}: expected a 2-channel map on the image's grid {tuple(body.shape)}")
-            lesion = prob[1] * body.to(prob.device, prob.dtype)
-            bounded = torch.stack([1 - lesion, lesion])
+            bounded = prob[1:] * body.to(prob.device, prob.dtype)
             d[key] = (
                 MetaTensor(bounded, meta=prob.meta, applied_operations=prob.applied_operations)
                 if isinstance(prob, MetaTensor)

@@ -38,7 +38,7 @@ def test_drop_low_score_lesions_keeps_strong_lesions_whole():
 def test_lesion_findings_transform_reports_only_lesions_above_the_min_score():
     prob = torch.from_numpy(two_lesions())
     affine = torch.diag(torch.tensor([0.8, 0.8, 2.5, 1.0], dtype=torch.float64))
-    pred = MetaTensor(torch.stack([1 - prob, prob]), affine=affine)
+    pred = MetaTensor(prob[None], affine=affine)
     weights = {"status": "trained"}
     both = LesionFindingsd("pred", weights, threshold=0.5, min_score=0.5)({"pred": pred})
     strong = LesionFindingsd("pred", weights, threshold=0.5, min_score=0.9)({"pred": pred})
@@ -75,10 +75,7 @@ def test_findings_number_lesions_by_the_configured_score():
     prob[2:8, 2:8, 2:5] = 0.55
     prob[4, 4, 3] = 0.99  # peak 0.99, mean ~0.56
     prob[12:14, 12:14, 5:7] = 0.9  # peak and mean 0.9
-    pred = MetaTensor(
-        torch.stack([1 - torch.from_numpy(prob), torch.from_numpy(prob)]),
-        affine=torch.eye(4),
-    )
+    pred = MetaTensor(torch.from_numpy(prob)[None], affine=torch.eye(4))
     first = {}
     for score in ("max_probability", "mean_probability"):
         out = LesionFindingsd("pred", {"status": "trained"}, score=score)({"pred": pred})
@@ -124,8 +121,8 @@ def test_no_finding_on_the_table_of_a_real_scan(shared_data):
         applied_operations=image.applied_operations,
     )
     bounded = BoundToBodyd("pred")(dict(data))["pred"]
-    assert bounded[1][tuple(on_table)] == 0 and bounded[1][tuple(inside)] == pytest.approx(0.99)
-    assert torch.allclose(bounded.sum(0), torch.ones(()))
+    assert bounded.shape == (1, *image.shape[1:])  # the lesion channel: Invertd resamples one channel, not two
+    assert bounded[0][tuple(on_table)] == 0 and bounded[0][tuple(inside)] == pytest.approx(0.99)
 
     out = parser.get_parsed_content("postprocessing_core")(dict(data))
     lesions = out["findings"]["lesions"]
