@@ -22,7 +22,6 @@ from pydicom.errors import InvalidDicomError
 from app.cases import Case, DicomSource, RunReport, Screened, Selection
 from app.model import BundleModel
 from bundle.data import IMAGE_SUFFIXES, case_id_of
-from bundle.inferer import GLANCE_FOCUS_KEY, stats_meta
 from bundle.validation import InvalidScanError, check_complete, check_series_headers, is_dicom_file
 
 __all__ = [
@@ -302,8 +301,7 @@ class FocusSegmenterOperator(ModelStageOperator):
         prob = inferer.segment(selection.padded, selection.tiling, selection.stats, self.pipeline.focus)
         prob = inferer.crop(prob, selection.tiling, image.shape[1:])[0].to(image.device)
         case.selection = None  # the padded volume is no longer needed
-        pred = MetaTensor(prob, meta=dict(image.meta), applied_operations=image.applied_operations)
-        pred.meta[GLANCE_FOCUS_KEY] = stats_meta([selection.stats])
+        pred = inferer.prediction(prob, [selection.stats], image)
         out = self.pipeline.postprocessing_core({**case.data, "pred": pred})
         lesion_map = out["pred"]
         case.screened = Screened(lesion_map[0].numpy(), lesion_map.affine.numpy(), out["findings"])

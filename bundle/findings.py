@@ -208,7 +208,7 @@ class LesionFindingsd(MapTransform):
         key = self.first_key(d)
         prob = d[key]
         if not isinstance(prob, MetaTensor) or prob.shape[0] != 1:
-            raise ValueError(f"{key}: expected the 1-channel lesion probability MetaTensor after Invertd, got {prob.shape}.")
+            raise ValueError(f"{key}: expected the 1-channel lesion probability from Invertd, got {prob.shape}.")
         affine = prob.affine.numpy()
         lesion_prob = prob[0].numpy().astype(np.float32)
         region = str(d.get(self.region_key, ""))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import ResNet
+from monai.utils import ensure_tuple_rep
 
 __all__ = ["feature_stride", "receptive_radius", "trunk_features", "window_cells", "shared_window_logits"]
 
@@ -31,27 +32,35 @@ def _trunk(net: ResNet, x: torch.Tensor) -> torch.Tensor:
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
 
+def _path(net: ResNet) -> list[torch.nn.Module]:
+    """The trunk's convolutions and pooling with a kernel above 1, in the order they run (1x1 shortcuts and a
+    skipped max pool change neither the stride nor the reach)."""
+    path = []
+    for module in net.modules():
+        if not isinstance(module, (torch.nn.Conv3d, torch.nn.MaxPool3d)) or module is net.avgpool:
+            continue
+        if module is net.maxpool and net.no_max_pool:
+            continue
+        if max(ensure_tuple_rep(module.kernel_size, 3)) > 1:
+            path.append(module)
+    return path
+
+
 def feature_stride(net: ResNet, spatial_dims: int = 3) -> tuple[int, ...]:
-    """The trunk's total stride per axis, measured on a probe so that it follows the network's own settings."""
-    probe = 64
-    with torch.no_grad():
-        was_training = net.training
-        net.eval()
-        out = _trunk(net, torch.zeros((1, net.conv1.in_channels, *([probe] * spatial_dims))))
-        net.train(was_training)
-    return tuple(probe // s for s in out.shape[2:])
+    """The trunk's total stride per axis: the product of its path's strides (no probe pass, so it costs nothing)."""
+    stride = [1] * spatial_dims
+    for module in _path(net):
+        stride = [a * b for a, b in zip(stride, ensure_tuple_rep(module.stride, spatial_dims))]
+    return tuple(stride)
 
 
 def receptive_radius(net: ResNet) -> int:
-    """How far (voxels) an output cell of the trunk reaches into its input along an axis: the sum over its
-    convolutions and pooling of (kernel - 1) / 2 times the stride so far (1x1 shortcuts add nothing)."""
+    """How far (voxels) an output cell of the trunk reaches into its input along the last axis: the sum over its
+    path of (kernel - 1) / 2 times the stride so far."""
     radius, jump = 0, 1
-    for module in net.modules():
-        if isinstance(module, (torch.nn.Conv3d, torch.nn.MaxPool3d)) and module is not net.avgpool:
-            kernel = torch.nn.modules.utils._triple(module.kernel_size)[-1]
-            if kernel > 1:
-                radius += (kernel - 1) // 2 * jump
-                jump *= torch.nn.modules.utils._triple(module.stride)[-1]
+    for module in _path(net):
+        radius += (ensure_tuple_rep(module.kernel_size, 3)[-1] - 1) // 2 * jump
+        jump *= ensure_tuple_rep(module.stride, 3)[-1]
     return radius
 
 

@@ -200,7 +200,7 @@ def grl_loss(
 
 
 class WindowCELoss(torch.nn.Module):
-    """L_CE alone, as a ``loss_function`` for MONAI's ``SupervisedTrainer``: ``(glance_logits, labels) -> balanced_bce``.
+    """L_CE alone, a ``loss_function`` for MONAI's ``SupervisedTrainer``: ``(glance_logits, labels) -> balanced_bce``.
 
     Glance's supervised stage (configs/train_glance.yaml) trains Glance on many windows per step with only this term,
     Focus untouched: the reward of GRL carries no signal while Focus misses the lesions, the window labels always do.

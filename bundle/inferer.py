@@ -307,11 +307,17 @@ class GlanceFocusInferer(Inferer):
         if inputs.ndim != 2 + len(self.roi_size):
             raise ValueError(f"expected input of shape (B, C, {len(self.roi_size)} spatial dims), got {inputs.shape}.")
         results = [self.infer_one(item[None], network) for item in inputs]
-        out = torch.cat([prob for prob, _ in results])
-        if isinstance(inputs, MetaTensor):
-            out = MetaTensor(out, meta=dict(inputs.meta), applied_operations=inputs.applied_operations)
-        else:
-            out = MetaTensor(out)
-        out.meta[GLANCE_FOCUS_KEY] = stats_meta([stats for _, stats in results])
+        out = self.prediction(torch.cat([prob for prob, _ in results]), [stats for _, stats in results], inputs)
         out.is_batch = True
+        return out
+
+    @staticmethod
+    def prediction(prob: torch.Tensor, stats: Sequence[GlanceFocusStats], like: torch.Tensor) -> MetaTensor:
+        """Probabilities as the inferer hands them on: a MetaTensor with ``like``'s metadata and transform trace (what
+        ``Invertd`` needs) and each scan's statistics under ``GLANCE_FOCUS_KEY`` (what ``stats_of`` reads)."""
+        if isinstance(like, MetaTensor):
+            out = MetaTensor(prob, meta=dict(like.meta), applied_operations=like.applied_operations)
+        else:
+            out = MetaTensor(prob)
+        out.meta[GLANCE_FOCUS_KEY] = stats_meta(list(stats))
         return out

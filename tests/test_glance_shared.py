@@ -38,6 +38,14 @@ def test_one_window_volume_gives_the_per_window_score(glance):
 def test_each_window_pools_the_cells_whose_centres_it_holds(glance):
     stride = feature_stride(glance)
     assert stride == (16, 16, 16)  # conv1 stride 1, max pool 2, layers 2-4 stride 2
+    # the stride is read from the modules: it is the ratio of input to feature map, with a strided stem too
+    strided = GlanceNet(layers=(1, 1, 1, 1), block_inplanes=(8, 8, 16, 16), conv1_t_stride=2).eval()
+    with torch.no_grad():
+        for net, expected in ((glance, 16), (strided, 32)):
+            assert feature_stride(net) == (expected,) * 3
+            assert trunk_features(net, torch.zeros(1, 1, 64, 64, 128), feature_stride(net)).shape[2:] == tuple(
+                n // expected for n in (64, 64, 128)
+            )
     cells = window_cells([(slice(0, 96), slice(72, 168), slice(48, 112))], stride, (11, 11, 8))
     assert cells == [(slice(0, 6), slice(4, 10), slice(3, 7))]  # cell k's centre is 16 k + 8
     # a window narrower than a cell still gets the cell it lies in, and none past the map's edge
