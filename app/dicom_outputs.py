@@ -7,10 +7,15 @@ can show, hide and jump to "Lesion 2", and the segment numbers equal the lesion 
 
 from __future__ import annotations
 
+import copy
+
 import highdicom as hd
 import numpy as np
+import pydicom
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
+
+from bundle.findings import lesion_colour
 
 __all__ = [
     "SCHEME",
@@ -19,6 +24,7 @@ __all__ = [
     "MAX_PROBABILITY",
     "REGION_CODES",
     "frames_of",
+    "unicode_headers",
     "build_seg",
     "build_sr",
     "not_for_clinical_use",
@@ -38,6 +44,8 @@ REGION_CODES = {"chest": codes.SCT.Thorax, "abdomen": codes.SCT.Abdomen}
 
 MANUFACTURER = "GF-Screen"
 MODEL_NAME = "GF-Screen MONAI Deploy app"
+CONTENT_CREATOR = "GF-Screen^Glance-Focus"
+"""ContentCreatorName of the SEG (type 2; dcmqi warns when it is absent): the algorithm, as a person name."""
 
 
 def not_for_clinical_use(findings: dict) -> str:
@@ -53,6 +61,28 @@ def not_for_clinical_use(findings: dict) -> str:
 def frames_of(volume: np.ndarray) -> np.ndarray:
     """(x, y, slice) on the DICOM grid to (slice, row, column): frame k is source slice k."""
     return np.ascontiguousarray(np.transpose(volume, (2, 1, 0)))
+
+
+def unicode_headers(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """Copies of the source headers (no pixel data) with every text decoded and declared UTF-8 (ISO_IR 192).
+
+    highdicom copies the patient and study attributes into its outputs together with the source's
+    SpecificCharacterSet, and refuses the usual form of the Japanese and Korean ones (``\\ISO 2022 IR 87``: an empty
+    first value) and an empty one. Decoded by pydicom and written in UTF-8, every name round-trips whatever the
+    source's character set; the inputs themselves are not touched.
+    """
+    headers = []
+    for ds in datasets:
+        header = pydicom.Dataset()
+        for element in ds:
+            if element.tag != pydicom.tag.Tag("PixelData"):
+                header.add(copy.deepcopy(element))
+        if hasattr(ds, "file_meta"):
+            header.file_meta = copy.deepcopy(ds.file_meta)
+        header.decode()  # every text value to str, read with the source's own character set
+        header.SpecificCharacterSet = "ISO_IR 192"
+        headers.append(header)
+    return headers
 
 
 def _algorithm(findings: dict, version: str) -> hd.AlgorithmIdentificationSequence:
@@ -83,6 +113,7 @@ def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) 
     ``labels`` is the lesion label map (x, y, slice) on the source grid; empty frames are omitted (each kept frame
     references its source slice).
     """
+    datasets = unicode_headers(datasets)
     region = REGION_CODES.get(findings.get("region", ""), None)
     descriptions = [
         hd.seg.SegmentDescription(
@@ -95,10 +126,11 @@ def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) 
             tracking_uid=hd.UID(),
             tracking_id=f"Lesion {les['number']}",
             anatomic_regions=[region] if region is not None else None,
+            display_color=hd.color.CIELabColor.from_rgb(*lesion_colour(les["number"])),
         )
         for les in sorted(findings["lesions"], key=lambda les: les["number"])
     ]
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=frames_of(labels),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -108,11 +140,31 @@ def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) 
         software_versions=version,
         device_serial_number="0",
         omit_empty_frames=True,
+        content_creator_name=CONTENT_CREATOR,
     )
+    return _finish(seg)
 
 
-def _num(name: CodedConcept, value: float, unit) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=float(value), unit=unit)
+def _num(name: CodedConcept, value: float | int, unit) -> hd.sr.Measurement:
+    """A NUM item; a count stays an integer ("1", not the "1.0" highdicom formats every number as)."""
+    measurement = hd.sr.Measurement(name=name, value=value if isinstance(value, int) else float(value), unit=unit)
+    if isinstance(value, int):
+        measurement[0].MeasuredValueSequence[0].NumericValue = str(value)
+    return measurement
+
+
+def _finish(dataset: pydicom.Dataset, private_codes: bool = False) -> pydicom.Dataset:
+    """What highdicom leaves out and viewers or validators look for: the series' date and time (those of its
+    content), and where our own codes are used the CodingSchemeIdentificationSequence declaring their scheme."""
+    dataset.SeriesDate, dataset.SeriesTime = dataset.ContentDate, dataset.ContentTime
+    if not private_codes:
+        return dataset
+    scheme = pydicom.Dataset()
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "GF-Screen local codes"
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    dataset.CodingSchemeIdentificationSequence = [scheme]
+    return dataset
 
 
 def _scan_group(findings: dict, algorithm: hd.sr.AlgorithmIdentification):
@@ -123,7 +175,7 @@ def _scan_group(findings: dict, algorithm: hd.sr.AlgorithmIdentification):
         algorithm_id=algorithm,
         measurements=[
             _num(SUSPICION_SCORE, findings["suspicion_score"], codes.UCUM.NoUnits),
-            _num(LESION_COUNT, findings["lesion_count"], codes.UCUM.NoUnits),
+            _num(LESION_COUNT, int(findings["lesion_count"]), codes.UCUM.NoUnits),
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=FINDING_PRESENT if found else FINDING_ABSENT)
@@ -170,6 +222,7 @@ def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, ve
     A scan-level group (TID 1501) always holds the suspicion score, the lesion count and whether a lesion was found,
     so "nothing found" is stated, not implied by an empty report.
     """
+    datasets = unicode_headers(datasets)
     algorithm = hd.sr.AlgorithmIdentification(name="GF-Screen Glance-Focus", version=version)
     groups = [_scan_group(findings, algorithm)]
     if seg is not None:
@@ -187,7 +240,7 @@ def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, ve
         imaging_measurements=groups,
     )
     evidence = list(datasets) + ([seg] if seg is not None else [])
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
         **_new_series(9002, findings),
@@ -195,3 +248,4 @@ def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, ve
         is_final=False,
         is_verified=False,
     )
+    return _finish(sr, private_codes=True)

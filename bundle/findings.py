@@ -26,10 +26,35 @@ __all__ = [
     "LesionFindingsd",
     "lesion_map_dtype",
     "RAS_TO_LPS",
+    "LESION_COLOURS",
+    "lesion_colour",
 ]
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 """MONAI affines are RAS; DICOM patient coordinates (what PACS and viewers show) are LPS."""
+
+LESION_COLOURS = (
+    (255, 40, 40),
+    (245, 130, 48),
+    (255, 225, 25),
+    (240, 50, 230),
+    (70, 240, 240),
+    (0, 130, 200),
+    (145, 30, 180),
+    (255, 105, 180),
+    (170, 110, 40),
+    (128, 128, 255),
+)
+"""Display colours (RGB) of lesions 1, 2, ...: distinct on a grey CT, green left to the plots' reference outlines."""
+
+
+def lesion_colour(number: int) -> tuple[int, int, int]:
+    """The colour of lesion ``number`` (1-based) wherever it is shown: the SEG segment's recommended display colour,
+    the key slice's outline, docs/deploy.md's table. Lesions past the tenth reuse the palette in order."""
+    if number < 1:
+        raise ValueError(f"lesion numbers start at 1, got {number}")
+    return LESION_COLOURS[(number - 1) % len(LESION_COLOURS)]
+
 
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 """26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion (as in bundle.metrics)."""

@@ -5,7 +5,8 @@
 The key slice is the axial slice where the most suspicious lesion of the findings JSON (lesion 1 of the lesion map)
 has its largest area; with no lesion, the slice of the scan's centre. The image is shown in the HU window of the
 region the bundle used, in radiological orientation (patient right on the image's left, anterior at the top), with
-the lesion's outline in red. Written atomically beside the findings as
+each lesion's outline in its own colour (``bundle.findings.lesion_colour``, as in the DICOM SEG). Written atomically
+beside the findings as
 ``<case_id>_key_slice.png``.
 """
 
@@ -21,12 +22,11 @@ from PIL import Image
 from scipy import ndimage
 
 from bundle.data import case_id_of
+from bundle.findings import lesion_colour
 from bundle.transforms import region_window
 from bundle.writers import CaseOutputs, atomic_path
 
 __all__ = ["key_slice_index", "render_key_slice", "main"]
-
-OUTLINE_RGB = (255, 40, 40)
 
 
 def _load_ras(path: Path) -> np.ndarray:
@@ -45,14 +45,16 @@ def key_slice_index(lesion_map: np.ndarray, number: int = 1) -> int:
     return int(lesion.sum(axis=(0, 1)).argmax())
 
 
-def render_key_slice(image: np.ndarray, mask: np.ndarray, index: int, window: tuple[float, float]) -> np.ndarray:
-    """RGB array of axial slice ``index``: windowed grey values, red lesion outline, radiological orientation."""
+def render_key_slice(image: np.ndarray, lesion_map: np.ndarray, index: int, window: tuple[float, float]) -> np.ndarray:
+    """RGB array of axial slice ``index``: windowed grey values, each lesion's outline in its colour (a mask counts as
+    lesion 1), radiological orientation."""
     lo, hi = window
     grey = np.clip((image[:, :, index] - lo) / (hi - lo), 0, 1) * 255
-    slab = mask[:, :, index] > 0
-    outline = slab & ~ndimage.binary_erosion(slab)
     rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.uint8)
-    rgb[outline] = OUTLINE_RGB
+    numbers = np.asarray(lesion_map[:, :, index]).astype(np.int64)
+    for number in np.unique(numbers[numbers > 0]):
+        slab = numbers == number
+        rgb[slab & ~ndimage.binary_erosion(slab)] = lesion_colour(int(number))
     # array axes are (R, A): rows must run anterior to posterior and columns patient right to left
     return rgb.transpose(1, 0, 2)[::-1, ::-1]
 

@@ -9,7 +9,8 @@ import SimpleITK as sitk
 from PIL import Image
 from scipy import ndimage
 
-from bundle.keyslice import OUTLINE_RGB, main
+from bundle.findings import LESION_COLOURS, lesion_colour
+from bundle.keyslice import main, render_key_slice
 from bundle.writers import atomic_write_nifti
 from tests.conftest import ROOT
 
@@ -39,10 +40,25 @@ def test_key_slice_png_matches_simpleitk_in_radiological_orientation(tmp_path):
     hu, lab = sitk.GetArrayFromImage(ref_image).astype(float), sitk.GetArrayFromImage(ref_label) > 0
     k = int(lab.sum(axis=(1, 2)).argmax())
     outline = lab[k] & ~ndimage.binary_erosion(lab[k])
-    red = np.all(png == OUTLINE_RGB, axis=-1)
+    red = np.all(png == lesion_colour(1), axis=-1)  # lesion 1's colour, as in the SEG
     assert png.shape == (*hu.shape[1:], 3)
     assert outline.sum() > 10 and np.array_equal(red, outline)
     grey = np.clip((hu[k] + 900.0) / 1550.0, 0, 1) * 255  # the chest window, -900 to 650 HU
     assert np.abs(png[..., 0][~red].astype(float) - grey[~red]).max() <= 1.0
     # the nodule is in the right upper lobe (SOURCE.md): patient right is the image's left half
     assert np.argwhere(red)[:, 1].mean() < png.shape[1] / 2
+
+
+def test_each_lesion_is_outlined_in_its_own_colour():
+    """Two lesions on one slice: each outline in its number's colour, the same colours the SEG recommends."""
+    lesion_map = np.zeros((40, 30, 3), np.uint8)
+    lesion_map[5:12, 5:12, 1] = 1
+    lesion_map[20:30, 15:25, 1] = 12  # past the palette: colour of lesion 2
+    rgb = render_key_slice(np.zeros((40, 30, 3)), lesion_map, 1, (0.0, 1.0))
+    colours = {tuple(c) for c in rgb.reshape(-1, 3)} - {(0, 0, 0)}
+    assert colours == {lesion_colour(1), lesion_colour(12)} and lesion_colour(12) == lesion_colour(2)
+    # ten colours, far apart from each other (RGB distance) and from grey, so that neighbours stay distinguishable
+    rgb_ = np.asarray(LESION_COLOURS, float)
+    distances = np.linalg.norm(rgb_[:, None] - rgb_[None], axis=-1)[np.triu_indices(10, 1)]
+    assert len(LESION_COLOURS) == 10 and distances.min() > 60
+    assert (rgb_.max(1) - rgb_.min(1)).min() > 100  # saturated: none is a grey a CT could show

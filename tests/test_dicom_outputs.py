@@ -1,0 +1,124 @@
+"""The app's DICOM SEG and SR (app/dicom_outputs.py) on the real LIDC series: character sets, colours, conformance.
+
+No network runs here: the outputs are built from the real series' headers and a lesion map, written, and read back
+with pydicom and highdicom (and checked by dciodvfy where the fix is about conformance)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from app.dicom_outputs import LESION_COUNT, SCHEME, build_seg, build_sr
+from bundle.findings import lesion_colour
+
+NAMES = {
+    # PS3.5 annex H and I examples: the first value empty is how Japanese and Korean studies usually declare them
+    ("", "ISO 2022 IR 87"): "Yamada^Tarou=山田^太郎=やまだ^たろう",
+    ("", "ISO 2022 IR 149"): "Hong^Gildong=洪^吉洞=홍^길동",
+    "": "Doe^John",
+    "ISO_IR 192": "Wang^XiaoDong=王^小東",
+    "ISO_IR 100": "Müller^Zoë",
+}
+
+
+def _series(shared_data: Path, charset, name: str) -> list[pydicom.Dataset]:
+    """The LIDC slab's headers with this character set and patient name, encoded to bytes and read back."""
+    out = []
+    for path in sorted((shared_data / "lidc_idri_0314_nodule/dicom").glob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds.SpecificCharacterSet, ds.PatientName = list(charset) if isinstance(charset, tuple) else charset, name
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        out.append(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
+    return sorted(out, key=lambda d: float(d.ImagePositionPatient[2]))
+
+
+def _findings(count: int) -> dict:
+    lesions = [
+        {"number": n, "volume_mm3": 100.0 * n, "longest_axial_diameter_mm": 5.0 + n, "max_probability": 0.9,
+         "mean_probability": 0.8}
+        for n in range(1, count + 1)
+    ]  # fmt: skip
+    return {"region": "chest", "weights": {"status": "trained"}, "lesion_count": count, "suspicion_score": 0.9,
+            "lesions": lesions}  # fmt: skip
+
+
+def _lesion_map(datasets: list[pydicom.Dataset], count: int) -> np.ndarray:
+    labels = np.zeros((datasets[0].Columns, datasets[0].Rows, len(datasets)), np.uint8)
+    for n in range(1, count + 1):
+        labels[20 * n : 20 * n + 8, 200:208, 10 + n : 13 + n] = n
+    return labels
+
+
+def _written(dataset: pydicom.Dataset, path: Path) -> pydicom.Dataset:
+    dataset.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+@pytest.mark.parametrize("charset", list(NAMES), ids=lambda c: "/".join(c) if isinstance(c, tuple) else c or "empty")
+def test_patient_name_round_trips_in_every_character_set(shared_data, tmp_path, charset):
+    name = NAMES[charset]
+    series = _series(shared_data, charset, name)
+    assert str(series[0].PatientName) == name  # the source really holds the name in that character set
+    before = [d.SpecificCharacterSet for d in series]
+    seg = _written(build_seg(series, _lesion_map(series, 1), _findings(1), "0.3.0"), tmp_path / "seg.dcm")
+    sr = _written(build_sr(series, seg, _findings(1), "0.3.0"), tmp_path / "sr.dcm")
+    for output in (seg, sr):
+        assert str(output.PatientName) == name and output.SpecificCharacterSet == "ISO_IR 192"
+        assert output.StudyInstanceUID == series[0].StudyInstanceUID
+    assert [d.SpecificCharacterSet for d in series] == before  # the inputs are not touched
+
+
+def test_each_segment_recommends_its_lesion_colour(shared_data, tmp_path):
+    series = _series(shared_data, "ISO_IR 100", "Doe^John")
+    labels = _lesion_map(series, 3)
+    build_seg(series, labels, _findings(3), "0.3.0").save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    colours = {}
+    for item in seg.SegmentSequence:
+        lab = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue)
+        colours[item.SegmentNumber] = lab.to_rgb()
+    assert set(colours) == {1, 2, 3}
+    for number, rgb in colours.items():
+        assert np.abs(np.subtract(rgb, lesion_colour(number))).max() <= 1, number
+    assert len(set(colours.values())) == 3
+    # the segments still hold their lesions voxel for voxel (frames are source slices, rows are y)
+    volume = seg.get_volume(combine_segments=True, skip_overlap_checks=True)
+    assert volume.array.sum() > 0 and sorted(np.unique(volume.array)) == [0, 1, 2, 3]
+
+
+def _numeric_values(sr: pydicom.Dataset) -> dict[str, str]:
+    out, stack = {}, list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        stack.extend(item.get("ContentSequence", []))
+        if item.ValueType == "NUM":
+            out[item.ConceptNameCodeSequence[0].CodeValue] = str(item.MeasuredValueSequence[0].NumericValue)
+    return out
+
+
+def test_conformance_details(shared_data, tmp_path):
+    """ContentCreatorName, SeriesDate/Time, the private scheme declared, a count written as an integer, no dciodvfy
+    error. (dciodvfy still warns "unrecognized defined term <99GFSCREEN>" for every private code, declared or not:
+    it does not read CodingSchemeIdentificationSequence.)"""
+    series = _series(shared_data, "ISO_IR 100", "Doe^John")
+    seg = _written(build_seg(series, _lesion_map(series, 2), _findings(2), "0.3.0"), tmp_path / "seg.dcm")
+    sr = _written(build_sr(series, seg, _findings(2), "0.3.0"), tmp_path / "sr.dcm")
+    assert str(seg.ContentCreatorName)
+    for output in (seg, sr):
+        assert output.SeriesDate == output.ContentDate and output.SeriesTime == output.ContentTime
+    assert [s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence] == [SCHEME]
+    assert _numeric_values(sr)[LESION_COUNT.value] == "2"
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy (dicom3tools) is not installed; the README test command installs it")
+    for path in (tmp_path / "seg.dcm", tmp_path / "sr.dcm"):
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        lines = (report.stdout + report.stderr).splitlines()
+        assert not [line for line in lines if line.startswith("Error")], (path.name, lines)
