@@ -29,13 +29,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, Orientationd
+from monai.transforms import Compose, LoadImage, Orientationd
 
 from bundle.data import list_inputs
-from bundle.inferer import GLANCE_FOCUS_KEY, GlanceFocusInferer, GlanceFocusStats, Tiling, stats_meta, stats_of
+from bundle.inferer import GlanceFocusInferer, Tiling, stats_of
+from bundle.metrics import dice
 from bundle.pipeline import ScreeningPipeline, build_pipeline
 from bundle.transforms import CropAxialRanged
 from bundle.writers import SaveScanOutputsd, print_and_record
@@ -164,9 +166,9 @@ def cpu_model() -> str:
 
 def _run_mode(
     inferer: MeasuredInferer, image: torch.Tensor, network: torch.nn.Module, device: torch.device, amp: bool
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One inferer call, timed and memory-sampled; returns the probabilities (on CPU), the keep mask and the
-    figures."""
+) -> tuple[MetaTensor, torch.Tensor, dict]:
+    """One inferer call, timed and memory-sampled; returns the prediction (on CPU, with its statistics), the keep
+    mask and the figures."""
     _release_freed_memory()
     with PeakMemory(device) as memory, torch.inference_mode(), torch.autocast(device.type, enabled=amp):
         t0 = time.perf_counter()
@@ -186,7 +188,7 @@ def _run_mode(
         "total_seconds": total,
         **memory.as_dict(),
     }
-    return prob.as_tensor().cpu(), stats.keep, figures
+    return prob.cpu(), stats.keep, figures
 
 
 def _summarise(runs: list[dict]) -> dict:
@@ -255,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time what lies outside the networks on the dense output (postprocessing: body bound, inversion "
         "to the scan's grid, connected components and findings; writing the outputs)",
+    )
+    parser.add_argument(
+        "--label",
+        help="reference lesion mask on the scan's grid: also report the DSC of the lesions dense and Glance-Focus "
+        "(the first keep fraction, or the threshold) report, and the DSC points Glance-Focus loses",
     )
     parser.add_argument("--output", help="also write every figure to this JSON file (atomically)")
     return parser
@@ -356,6 +363,12 @@ def report(results: dict) -> str:
         )
     else:
         lines.append("outputs: no voxel is covered only by kept windows, nothing to compare")
+    acc = results.get("accuracy")
+    if acc:
+        lines.append(
+            f"reported lesions against {acc['label']}: DSC dense {acc['dense_dsc']:.4f}, Glance-Focus "
+            f"{acc['glance_focus_dsc']:.4f} (loss {acc['dsc_loss_points']:.2f} points)"
+        )
     return "\n".join(lines)
 
 
@@ -393,9 +406,11 @@ def _warm_up(pipeline: ScreeningPipeline, image: torch.Tensor, tiling: Tiling) -
         pipeline.focus(window)
 
 
-def _measure(inferers: dict, image: torch.Tensor, pipeline: ScreeningPipeline, repeats: int) -> tuple:
-    """Every mode ``repeats`` times; the runs, how far the outputs differ where they must agree, and the dense
-    probabilities of the last repeat (for the parts outside the networks)."""
+def _measure(
+    inferers: dict, image: torch.Tensor, pipeline: ScreeningPipeline, repeats: int, keep_gf: bool = False
+) -> tuple:
+    """Every mode ``repeats`` times; the runs, how far the outputs differ where they must agree, the dense prediction
+    of the last repeat (for the parts outside the networks) and, with ``keep_gf``, the Glance-Focus one."""
     network, device, amp = pipeline.focus, pipeline.device, pipeline.amp
     tiling = inferers["dense"].tile(image.shape[2:])
     _warm_up(pipeline, image, tiling)
@@ -404,21 +419,22 @@ def _measure(inferers: dict, image: torch.Tensor, pipeline: ScreeningPipeline, r
     for repeat in range(repeats):
         # Glance-Focus first: its kept windows say where the two outputs must agree, so only those voxels are held
         # (not a whole dense probability volume) while the other modes run.
-        prob, keep, figures = _run_mode(inferers["glance_focus"], image, network, device, amp)
+        gf_prob, keep, figures = _run_mode(inferers["glance_focus"], image, network, device, amp)
         runs["glance_focus"].append(figures)
         region = exclusively_kept(tiling, keep)
-        gf_values = prob[0][:, region]
-        del prob
+        gf_values = gf_prob[0][:, region].as_tensor()
+        if not keep_gf:
+            gf_prob = None
         for name in [n for n in inferers if n.startswith("glance_focus_k")]:
             runs[name].append(_run_mode(inferers[name], image, network, device, amp)[2])
         dense_prob, _, figures = _run_mode(inferers["dense"], image, network, device, amp)
         runs["dense"].append(figures)
         n_voxels = int(region.sum())
         if n_voxels:
-            max_diff = max(max_diff, float((dense_prob[0][:, region] - gf_values).abs().max()))
+            max_diff = max(max_diff, float((dense_prob[0][:, region].as_tensor() - gf_values).abs().max()))
         del gf_values
         logger.info("repeat %d/%d done", repeat + 1, repeats)
-    return runs, {"voxels": n_voxels, "max_abs_diff": max_diff if n_voxels else None}, dense_prob
+    return runs, {"voxels": n_voxels, "max_abs_diff": max_diff if n_voxels else None}, dense_prob, gf_prob
 
 
 def _glance_cost(pipeline: ScreeningPipeline, image: torch.Tensor, modes: list[str], repeats: int) -> dict:
@@ -437,21 +453,35 @@ def _glance_cost(pipeline: ScreeningPipeline, image: torch.Tensor, modes: list[s
     return out
 
 
-def _outside_networks(pipeline: ScreeningPipeline, data: dict, dense_prob: torch.Tensor) -> dict:
+def _postprocess(pipeline: ScreeningPipeline, data: dict, prob: MetaTensor) -> dict:
+    """The bundle's postprocessing of one benchmark prediction, as inference runs it on the preprocessed scan."""
+    pred = GlanceFocusInferer.prediction(prob[0].as_tensor(), stats_of(prob), data["image"])
+    return pipeline.postprocessing_core({**data, "pred": pred})
+
+
+def _outside_networks(pipeline: ScreeningPipeline, data: dict, dense_prob: MetaTensor) -> dict:
     """Seconds of the postprocessing (body bound, inversion, connected components, findings) on the dense output
     and of writing the outputs (into a temporary folder)."""
-    pred = MetaTensor(dense_prob[0], meta={**data["image"].meta, GLANCE_FOCUS_KEY: stats_meta([_dense_stats()])},
-                      applied_operations=data["image"].applied_operations)  # fmt: skip
     t0 = time.perf_counter()
-    out = pipeline.postprocessing_core({**data, "pred": pred})
+    out = _postprocess(pipeline, data, dense_prob)
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         SaveScanOutputsd(keys="pred", output_dir=folder)({**out, "id": "benchmark"})
     return {"postprocessing_seconds": t1 - t0, "writing_seconds": time.perf_counter() - t1}
 
 
-def _dense_stats() -> GlanceFocusStats:
-    return GlanceFocusStats(torch.ones(1), torch.ones(1, dtype=torch.bool), None, 0.0)
+def _accuracy(pipeline: ScreeningPipeline, data: dict, predictions: dict[str, MetaTensor], label: str) -> dict:
+    """DSC of each mode's reported lesions (the lesion map after the whole postprocessing, on the scan's grid)
+    against a reference mask on that grid, and what Glance-Focus loses against dense, in DSC points."""
+    reference = np.asarray(LoadImage(image_only=True, reader="ITKReader")(label)) > 0
+    out = {"label": label}
+    for name, prob in predictions.items():
+        lesion_map = np.asarray(_postprocess(pipeline, data, prob)["pred"][0]) > 0
+        if lesion_map.shape != reference.shape:
+            raise SystemExit(f"--label {label}: shape {reference.shape}, the scan's {lesion_map.shape}.")
+        out[f"{name}_dsc"] = dice(lesion_map, reference)
+    out["dsc_loss_points"] = 100 * (out["dense_dsc"] - out["glance_focus_dsc"])
+    return out
 
 
 def _environment(device: torch.device, amp: bool) -> dict:
@@ -528,12 +558,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     image = meta_image.as_tensor()[None].to(pipeline.device)
     if inferers["dense"].tile(image.shape[2:]).image_size != tuple(image.shape[2:]):
         raise RuntimeError("preprocessing must pad the scan to at least roi_size (SpatialPadd), so windows index it.")
-    runs, agreement, dense_prob = _measure(inferers, image, pipeline, args.repeats)
+    runs, agreement, dense_prob, gf_prob = _measure(inferers, image, pipeline, args.repeats, bool(args.label))
     dense, gf = _summarise(runs["dense"]), _summarise(runs["glance_focus"])
     outside = {"preprocessing_seconds": preprocessing_seconds}
     if args.end_to_end and not args.axial_range_mm:  # a slab has no inversion to the whole scan's grid
         outside |= _outside_networks(pipeline, data, dense_prob)
-    del dense_prob
+    accuracy = None
+    if args.label:
+        accuracy = _accuracy(pipeline, data, {"dense": dense_prob, "glance_focus": gf_prob}, args.label)
+    del dense_prob, gf_prob
     glance_cost = _glance_cost(pipeline, image, args.glance_modes, args.repeats)
     for figures in glance_cost.values():
         figures["fraction_of_dense_focus"] = figures["glance_seconds"] / dense["focus_seconds"]
@@ -569,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "glance_cost": glance_cost,
         "compute_floor": _compute_floor(dense, gf),
         "agreement": agreement,
+        "accuracy": accuracy,
     }
     print_and_record(report(results), results, args.output)
     return results

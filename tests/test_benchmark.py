@@ -48,7 +48,7 @@ def test_benchmark_on_a_small_real_scan(shared_data, tmp_path, monkeypatch, caps
     scan = shared_data / "mirp_sts_sarcoma_ct" / "STS_003" / "nifti" / "image" / "image.nii.gz"
     output = tmp_path / "bench.json"
     argv = ["--input", str(scan), "--allow_untrained", "--keep_fraction", "0.25", "0.5", "--output", str(output)]
-    argv += ["--glance_modes", "windows", "--end_to_end"]
+    argv += ["--glance_modes", "windows", "--end_to_end", "--label", str(scan.parents[1] / "mask" / "mask.nii.gz")]
     results = main(argv + [arg for config in CONFIGS for arg in ("--config_file", config)])
 
     parser = ConfigParser()
@@ -74,6 +74,10 @@ def test_benchmark_on_a_small_real_scan(shared_data, tmp_path, monkeypatch, caps
         assert 1 <= row["speedup_end_to_end"] <= row["speedup"] or row["speedup"] <= row["speedup_end_to_end"] <= 1
     cost = results["glance_cost"]["windows"]
     assert cost["fraction_of_dense_focus"] == pytest.approx(cost["glance_seconds"] / dense["focus_seconds"])
+    # --label: the reported lesions of both modes, after the whole postprocessing, against the reference mask
+    acc = results["accuracy"]
+    assert 0 <= acc["glance_focus_dsc"] <= 1 and 0 <= acc["dense_dsc"] <= 1
+    assert acc["dsc_loss_points"] == pytest.approx(100 * (acc["dense_dsc"] - acc["glance_focus_dsc"]))
 
 
 def test_axial_range_screens_only_that_slab():
