@@ -26,12 +26,22 @@ from bundle.writers import (
     staging_folder,
 )
 
-__all__ = ["SegWriterOperator", "SRWriterOperator", "FindingsWriterOperator", "SEG_NAME", "SR_NAME", "staging_dir"]
+__all__ = [
+    "SegWriterOperator",
+    "SRWriterOperator",
+    "FindingsWriterOperator",
+    "DICOM_FOLDER",
+    "SEG_NAME",
+    "SR_NAME",
+    "staging_dir",
+]
 
 logger = logging.getLogger("gf_screen.app")
 
-SEG_NAME = "seg.dcm"
-SR_NAME = "sr.dcm"
+DICOM_FOLDER = "dicom"
+"""The case folder's subfolder of DICOM outputs only: what an exporter sends to the PACS, apart from the JSON."""
+SEG_NAME = f"{DICOM_FOLDER}/seg.dcm"
+SR_NAME = f"{DICOM_FOLDER}/sr.dcm"
 
 
 def staging_dir(case: Case, output: Path) -> Path:
@@ -39,6 +49,12 @@ def staging_dir(case: Case, output: Path) -> Path:
     if case.staging is None:
         case.staging = staging_folder(output, case.case_id)
     return case.staging
+
+
+def _staged_dicom(case: Case, output: Path, name: str) -> Path:
+    path = staging_dir(case, output) / name
+    path.parent.mkdir(exist_ok=True)
+    return path
 
 
 class _Writer(StageOperator):
@@ -67,7 +83,7 @@ class SegWriterOperator(_Writer):
             case.outputs["seg"] = None
             return
         seg = build_seg(case.dicom.datasets, screened.lesion_map, screened.findings, self.version)
-        seg.save_as(staging_dir(case, self.output) / SEG_NAME, enforce_file_format=True)
+        seg.save_as(_staged_dicom(case, self.output, SEG_NAME), enforce_file_format=True)
         case.outputs["seg"] = seg
 
 
@@ -80,7 +96,7 @@ class SRWriterOperator(_Writer):
         if case.kind != "dicom":
             return
         sr = build_sr(case.dicom.datasets, case.outputs.get("seg"), case.screened.findings, self.version)
-        sr.save_as(staging_dir(case, self.output) / SR_NAME, enforce_file_format=True)
+        sr.save_as(_staged_dicom(case, self.output, SR_NAME), enforce_file_format=True)
         case.outputs["sr"] = sr
 
 

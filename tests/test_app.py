@@ -139,7 +139,7 @@ def bundle_mask(lidc, model_dir, tmp_path_factory) -> np.ndarray:
 
 def test_seg_is_the_bundle_mask_on_the_dicom_grid(lidc_run, bundle_mask, lidc):
     _, folder = lidc_run
-    seg = hd.seg.segread(folder / "seg.dcm")
+    seg = hd.seg.segread(folder / "dicom/seg.dcm")
     slices = sorted_slices(lidc)
     labels = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[s.SOPInstanceUID for s in slices], combine_segments=True
@@ -152,7 +152,7 @@ def test_seg_is_the_bundle_mask_on_the_dicom_grid(lidc_run, bundle_mask, lidc):
 
 def test_seg_references_and_frame_positions(lidc_run, lidc):
     _, folder = lidc_run
-    seg = pydicom.dcmread(folder / "seg.dcm")
+    seg = pydicom.dcmread(folder / "dicom/seg.dcm")
     slices = {s.SOPInstanceUID: s for s in sorted_slices(lidc)}
     first = next(iter(slices.values()))
     assert seg.SOPClassUID == pydicom.uid.SegmentationStorage
@@ -175,8 +175,8 @@ def test_seg_references_and_frame_positions(lidc_run, lidc):
 def test_sr_measurements_match_findings(lidc_run):
     _, folder = lidc_run
     findings = json.loads(next(folder.glob("*_findings.json")).read_text())
-    seg = pydicom.dcmread(folder / "seg.dcm")
-    sr = hd.sr.srread(folder / "sr.dcm")
+    seg = pydicom.dcmread(folder / "dicom/seg.dcm")
+    sr = hd.sr.srread(folder / "dicom/sr.dcm")
     assert sr.StudyInstanceUID == seg.StudyInstanceUID and (sr.PatientName, sr.PatientID) == (PATIENT_NAME, PATIENT_ID)
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert findings["lesion_count"] == len(groups) == len(seg.SegmentSequence) > 0
@@ -221,8 +221,8 @@ def scan_values(sr) -> dict:
 
 def test_seg_and_sr_pass_dciodvfy(lidc_run):
     _, folder = lidc_run
-    assert dciodvfy_errors(folder / "seg.dcm") == []
-    assert dciodvfy_errors(folder / "sr.dcm") == []
+    assert dciodvfy_errors(folder / "dicom/seg.dcm") == []
+    assert dciodvfy_errors(folder / "dicom/sr.dcm") == []
 
 
 def test_patient_identifiers_never_logged(lidc_run):
@@ -239,4 +239,7 @@ def test_findings_json_is_the_bundles(lidc_run):
     for key in ("suspicion_score", "lesion_count", "lesions", "region", "glance_focus", "timings"):
         assert key in findings
     assert findings["region"] == "chest" and findings["glance_focus"]["windows_kept"] >= 1
-    assert findings["outputs"]["seg"]["file"] == "seg.dcm"
+    assert findings["outputs"]["seg"]["file"] == "dicom/seg.dcm"
+    # the DICOM outputs have a folder of their own: all an exporter takes, nothing else in it
+    assert sorted(p.name for p in (folder / "dicom").iterdir()) == ["seg.dcm", "sr.dcm"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == [p.name for p in folder.glob("*_findings.json")]

@@ -148,11 +148,11 @@ def test_nothing_found_is_stated_in_json_and_sr_without_seg(mixed_run):
     """Glance keeps no window: no lesion. No SEG is written (a SEG needs a segment); JSON and SR say so."""
     proc, out, _ = mixed_run
     folder = output_of(out)
-    assert not (folder / "seg.dcm").exists()
+    assert not (folder / "dicom/seg.dcm").exists()
     findings = json.loads(next(folder.glob("*_findings.json")).read_text())
     assert findings["lesion_count"] == 0 and findings["lesions"] == [] and findings["outputs"]["seg"] is None
     assert findings["glance_focus"]["windows_kept"] == 0 and findings["glance_focus"]["glance_max_p"] is not None
-    sr = hd.sr.srread(folder / "sr.dcm")
+    sr = hd.sr.srread(folder / "dicom/sr.dcm")
     assert sr.content.get_volumetric_roi_measurement_groups() == []
     values = scan_values(sr)
     assert values[LESION_COUNT.value] == 0 and values[SUSPICION_SCORE.value] == pytest.approx(
@@ -163,7 +163,7 @@ def test_nothing_found_is_stated_in_json_and_sr_without_seg(mixed_run):
     ].ConceptCodeSequence[0]
     assert finding.CodeMeaning == "Clinical finding absent"
     assert (sr.PatientName, sr.PatientID) == (PATIENT_NAME, PATIENT_ID)
-    assert dciodvfy_errors(folder / "sr.dcm") == []
+    assert dciodvfy_errors(folder / "dicom/sr.dcm") == []
     assert PATIENT_ID not in proc.stdout + proc.stderr
 
 
@@ -196,7 +196,7 @@ def test_no_weights_refused_unless_untrained_mode(tmp_path, shared_data):
     assert proc.returncode == ExitStatus.OK, proc.stderr[-2000:]
     findings = json.loads(next(output_of(tmp_path / "out").glob("*_findings.json")).read_text())
     assert findings["weights"]["status"] == "untrained"
-    assert pydicom.dcmread(output_of(tmp_path / "out") / "sr.dcm").SeriesDescription.startswith(
+    assert pydicom.dcmread(output_of(tmp_path / "out") / "dicom/sr.dcm").SeriesDescription.startswith(
         "GF-Screen AI lesions, UNTRAINED"
     )
 
@@ -228,10 +228,10 @@ def test_series_without_uids_is_rejected_and_compressed_series_screens(tmp_path,
     folder = output_of(out)
     findings = json.loads(next(folder.glob("*_findings.json")).read_text())
     assert findings["glance_focus"]["windows_kept"] >= 1 and findings["lesion_count"] >= 1
-    seg = hd.seg.segread(folder / "seg.dcm")
+    seg = hd.seg.segread(folder / "dicom/seg.dcm")
     assert seg.number_of_segments == findings["lesion_count"]
-    assert dciodvfy_errors(folder / "seg.dcm") == []
-    assert dciodvfy_errors(folder / "sr.dcm") == []
+    assert dciodvfy_errors(folder / "dicom/seg.dcm") == []
+    assert dciodvfy_errors(folder / "dicom/sr.dcm") == []
 
 
 def test_nifti_research_path(tmp_path, shared_data, quiet_model):
@@ -259,10 +259,10 @@ def test_full_134_slice_series(tmp_path, shared_data):
     findings = json.loads(next(folder.glob("*_findings.json")).read_text())
     assert findings["glance_focus"]["windows_total"] > 100
     assert findings["glance_focus"]["windows_kept"] >= 1 and findings["lesion_count"] >= 1
-    assert dciodvfy_errors(folder / "sr.dcm") == []
-    seg = pydicom.dcmread(folder / "seg.dcm")
+    assert dciodvfy_errors(folder / "dicom/sr.dcm") == []
+    seg = pydicom.dcmread(folder / "dicom/seg.dcm")
     assert len(seg.SegmentSequence) == findings["lesion_count"]
-    assert dciodvfy_errors(folder / "seg.dcm") == []
+    assert dciodvfy_errors(folder / "dicom/seg.dcm") == []
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in src.iterdir()]
     positions = {h.SOPInstanceUID: h.ImagePositionPatient for h in headers}
     for frame in seg.PerFrameFunctionalGroupsSequence:
