@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +105,11 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
         self.report.stage_seconds["load"] = round(time.perf_counter() - t0, 3)
 
     def _load_data(self, files: list[str]):
-        usable = []
+        usable, not_dicom = [], Counter()
         for name in sorted(files):
             path = Path(name)
             if not is_dicom_file(path):
-                logger.info("Ignored %s: not a DICOM file.", path.name)
+                not_dicom["".join(path.suffixes[-2:]) or path.name] += 1  # e.g. the gateway's .dcm.json sidecars
                 continue
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
@@ -122,7 +123,19 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
                 logger.warning("Ignored corrupt DICOM file %s: %s", path.name, str(e).replace(str(path), path.name))
                 continue
             usable.append(name)
+        if not_dicom:  # routine (sidecars, READMEs): one line for all of them
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(not_dicom.items()))
+            logger.info("Ignored %d file(s) that are not DICOM: %s.", sum(not_dicom.values()), kinds)
         return super()._load_data(usable)
+
+
+DERIVED_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "RTSTRUCT", "REG"})
+"""Series that are results about images, not images: routine in a study (earlier runs' SEG and SR among them)."""
+
+
+def _modality(series) -> str:
+    instances = series.get_sop_instances()
+    return str(getattr(instances[0].get_native_sop_instance(), "Modality", "")) if instances else ""
 
 
 def describe_series(series) -> str:
@@ -165,15 +178,21 @@ class CTSeriesSelectorOperator(Operator):
         if not studies:
             logger.error("No DICOM study in the input.")
         for study in studies:
-            candidates = []
+            candidates, derived = [], Counter()
             for series in study.get_all_series():
                 problem, info = series_problem(series)
-                if problem:
+                modality = _modality(series)
+                if problem and modality in DERIVED_MODALITIES:  # routine: earlier results (ours, others') in the study
+                    derived[modality] += 1
+                elif problem:
                     message = f"{describe_series(series)}: {problem}"
                     self.report.rejected_series.append(message)
                     logger.warning("Skipped %s", message)
                 else:
                     candidates.append((info["slice_spacing_mm"], -info["n_slices"], series.SeriesInstanceUID, series))
+            if derived:
+                kinds = ", ".join(f"{n} {modality}" for modality, n in sorted(derived.items()))
+                logger.info("Study %s: not images, not screened: %s series.", study.StudyInstanceUID, kinds)
             if not candidates:
                 self.report.studies_without_series.append(study.StudyInstanceUID)
                 logger.error("Study %s: no CT series that can be screened.", study.StudyInstanceUID)

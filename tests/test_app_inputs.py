@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from app.cases import ExitStatus
-from app.dicom_outputs import LESION_COUNT, SUSPICION_SCORE
+from app.dicom_outputs import LESION_COUNT, SUSPICION_SCORE, build_seg, build_sr
 from tests.test_app import (
     PATIENT_ID,
     PATIENT_NAME,
@@ -95,6 +95,20 @@ def mixed_run(tmp_path_factory, shared_data, quiet_model):
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     (corrupt / "junk.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x13\x37" * 500)
     (inp / "notes.txt").write_text("not DICOM")
+    # routine in a gateway's payload: a JSON sidecar per instance, and an earlier run's SEG and SR in study A
+    for path in sorted((inp / "valid").iterdir()):
+        path.with_name(path.name + ".json").write_text("{}")
+    valid = sorted((pydicom.dcmread(p) for p in (inp / "valid").glob("*.dcm")), key=lambda d: d.InstanceNumber)
+    labels = np.zeros((valid[0].Columns, valid[0].Rows, len(valid)), np.uint8)
+    labels[200:210, 200:210, 20:23] = 1
+    lesion = {"number": 1, "volume_mm3": 1.0, "longest_axial_diameter_mm": 1.0, "max_probability": 0.9,
+              "mean_probability": 0.9}  # fmt: skip
+    findings = {"region": "chest", "weights": {"status": "trained"}, "lesion_count": 1, "suspicion_score": 0.9,
+                "lesions": [lesion]}  # fmt: skip
+    (inp / "earlier_results").mkdir()
+    seg = build_seg(valid, labels, findings, "0.0.1")
+    seg.save_as(inp / "earlier_results" / "seg.dcm", enforce_file_format=True)
+    build_sr(valid, seg, findings, "0.0.1").save_as(inp / "earlier_results" / "sr.dcm", enforce_file_format=True)
     out = tmp_path_factory.mktemp("out_mixed")
     return run_app(inp, out, quiet_model), out, inp
 
@@ -117,9 +131,24 @@ def test_bad_series_are_named_and_the_valid_one_is_screened(mixed_run):
     assert logs.count("uneven slice spacing or missing slices") >= 3
     assert leftovers(out) == []  # no staging folder of a failed case survives
     folder = output_of(out)  # only the valid series has outputs: the thinnest of its study, not the thicker copy
-    assert folder.name == pydicom.dcmread(next((inp / "valid").iterdir())).SeriesInstanceUID
+    assert folder.name == pydicom.dcmread(next((inp / "valid").glob("*.dcm"))).SeriesInstanceUID
     thicker = pydicom.dcmread(next((inp / "thicker").iterdir())).SeriesInstanceUID
     assert f"Skipped series {thicker}" not in logs  # a valid candidate, passed over for the thinner one
+
+
+def test_routine_inputs_are_logged_once(mixed_run):
+    """The sidecars are one line, the earlier SEG and SR one line for their study, neither a warning."""
+    proc, _, inp = mixed_run
+    lines = (proc.stdout + proc.stderr).splitlines()
+    sidecars = len(list((inp / "valid").glob("*.dcm.json")))
+    ignored = [line for line in lines if "that are not DICOM" in line]
+    assert len(ignored) == 1 and f"{sidecars} .dcm.json" in ignored[0] and "1 .txt" in ignored[0], ignored
+    assert not [line for line in lines if ".dcm.json" in line and line not in ignored]
+    derived = [line for line in lines if "not images, not screened" in line]
+    assert len(derived) == 1 and "1 SEG, 1 SR series" in derived[0] and "WARNING" not in derived[0], derived
+    for name in ("seg.dcm", "sr.dcm"):
+        uid = pydicom.dcmread(inp / "earlier_results" / name).SeriesInstanceUID
+        assert not [line for line in lines if uid in line]
 
 
 def test_both_entry_points_accept_and_refuse_the_same_series(mixed_run):
@@ -130,8 +159,8 @@ def test_both_entry_points_accept_and_refuse_the_same_series(mixed_run):
 
     proc, _, inp = mixed_run
     skipped = [line for line in (proc.stdout + proc.stderr).splitlines() if "Skipped series" in line]
-    for folder in sorted(p for p in inp.iterdir() if p.is_dir() and p.name != "corrupt"):
-        uid = pydicom.dcmread(next(folder.iterdir())).SeriesInstanceUID
+    for folder in sorted(p for p in inp.iterdir() if p.is_dir() and p.name not in ("corrupt", "earlier_results")):
+        uid = pydicom.dcmread(next(folder.glob("*.dcm"))).SeriesInstanceUID
         app_lines = [line for line in skipped if f"Skipped series {uid} " in line]
         try:
             list_inputs(folder)
