@@ -62,3 +62,9 @@ def test_each_lesion_is_outlined_in_its_own_colour():
     distances = np.linalg.norm(rgb_[:, None] - rgb_[None], axis=-1)[np.triu_indices(10, 1)]
     assert len(LESION_COLOURS) == 10 and distances.min() > 60
     assert (rgb_.max(1) - rgb_.min(1)).min() > 100  # saturated: none is a grey a CT could show
+
+
+def test_the_colour_table_in_the_deploy_docs_is_the_palette():
+    (row,) = [line for line in (ROOT / "docs/deploy.md").read_text().splitlines() if line.startswith("| RGB |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")[1:]]
+    assert [tuple(int(v) for v in cell.split(",")) for cell in cells] == list(LESION_COLOURS)
