@@ -24,6 +24,7 @@ __all__ = [
     "MAX_PROBABILITY",
     "REGION_CODES",
     "frames_of",
+    "on_slice",
     "unicode_headers",
     "build_seg",
     "build_sr",
@@ -183,19 +184,50 @@ def _scan_group(findings: dict, algorithm: hd.sr.AlgorithmIdentification):
     )
 
 
+def on_slice(datasets: list, point_lps) -> tuple[int, float, float]:
+    """The source slice nearest to a point (LPS mm) and the point's (column, row) on it in SCOORD's convention
+    (PS3.3 C.18.6.1.1: 0.0 is the top left corner of the top left pixel, so a pixel's centre is at index + 0.5)."""
+    row_dir, col_dir = np.asarray(datasets[0].ImageOrientationPatient, dtype=float).reshape(2, 3)
+    normal = np.cross(row_dir, col_dir)
+    positions = np.asarray([np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float)) for d in datasets])
+    k = int(np.abs(positions - np.dot(normal, point_lps)).argmin())
+    offset = np.asarray(point_lps, dtype=float) - np.asarray(datasets[k].ImagePositionPatient, dtype=float)
+    row_spacing, column_spacing = (float(v) for v in datasets[k].PixelSpacing)
+    return k, float(np.dot(offset, row_dir) / column_spacing + 0.5), float(np.dot(offset, col_dir) / row_spacing + 0.5)
+
+
+def _caliper_group(datasets: list, les: dict, tracking: hd.sr.TrackingIdentifier, algorithm, region):
+    """TID 1410 for a lesion: its longest axial diameter as a two-point line on its key slice, so that viewers that
+    read measurements from spatial coordinates (OHIF's SR hydration) list and draw it."""
+    (k, *first), (_, *second) = (on_slice(datasets, point) for point in les["longest_axial_diameter_ends_mm"])
+    source = datasets[k]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.asarray([first, second]),
+            source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
+        ),
+        finding_type=codes.SCT.Lesion,
+        finding_sites=[hd.sr.FindingSite(region)] if region is not None else None,
+        algorithm_id=algorithm,
+        measurements=[_num(codes.SCT.LongAxis, les["longest_axial_diameter_mm"], codes.UCUM.Millimeter)],
+    )
+
+
 def _lesion_groups(datasets: list, seg: hd.seg.Segmentation, findings: dict, algorithm) -> list:
-    """TID 1411 per lesion: its measurements, referencing its segment of the SEG by number and tracking UID."""
+    """Per lesion, TID 1411: its measurements, referencing its segment of the SEG by number and tracking UID; and
+    TID 1410: its longest axial diameter as a line (same tracking identifier)."""
     region = REGION_CODES.get(findings.get("region", ""), None)
     tracking = {d.SegmentNumber: d for d in seg.SegmentSequence}
     series_uid = datasets[0].SeriesInstanceUID
     groups = []
     for les in sorted(findings["lesions"], key=lambda les: les["number"]):
         segment = tracking[les["number"]]
+        identifier = hd.sr.TrackingIdentifier(uid=segment.TrackingUID, identifier=f"Lesion {les['number']}")
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=segment.TrackingUID, identifier=f"Lesion {les['number']}"
-                ),
+                tracking_identifier=identifier,
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=seg.SOPClassUID,
                     sop_instance_uid=seg.SOPInstanceUID,
@@ -213,6 +245,7 @@ def _lesion_groups(datasets: list, seg: hd.seg.Segmentation, findings: dict, alg
                 ],
             )
         )
+        groups.append(_caliper_group(datasets, les, identifier, algorithm, region))
     return groups
 
 

@@ -11,14 +11,14 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 from bundle.inferer import GLANCE_FOCUS_KEY, stats_of
 
 __all__ = [
     "component_scores",
     "label_lesions",
-    "longest_axial_diameter_mm",
+    "longest_axial_diameter",
     "lesion_findings",
     "drop_low_score_lesions",
     "LESION_SCORES",
@@ -108,8 +108,12 @@ def axial_axis(affine: np.ndarray) -> int:
     return int(np.argmax(np.abs(affine[2, :3])))
 
 
-def longest_axial_diameter_mm(component: np.ndarray, affine: np.ndarray) -> float:
-    """Longest in-plane extent (mm) of a voxelised lesion over its axial slices, as a radiologist would caliper it.
+def longest_axial_diameter(
+    component: np.ndarray, affine: np.ndarray, offset: tuple[int, ...] = (0, 0, 0)
+) -> tuple[float, np.ndarray]:
+    """Longest in-plane extent (mm) of a voxelised lesion over its axial slices, as a radiologist would caliper it,
+    and the caliper's two end points (DICOM patient coordinates, LPS mm; ``offset``: the component's first voxel in
+    the image), which a viewer can draw as a line on that slice.
 
     Each voxel contributes the corners of its footprint, so a one-voxel lesion measures its pixel diagonal. The convex
     hull is taken in index space: an affine map keeps hull vertices, so only those are mapped to mm and compared.
@@ -117,7 +121,7 @@ def longest_axial_diameter_mm(component: np.ndarray, affine: np.ndarray) -> floa
     ax = axial_axis(affine)
     in_plane = [a for a in range(3) if a != ax]
     corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float) - 0.5
-    best = 0.0
+    best, ends = 0.0, np.zeros((2, 3))
     for k in np.unique(np.nonzero(component)[ax]):
         pix = np.argwhere(np.take(component, k, axis=ax)).astype(float)
         pts = (pix[:, None, :] + corners[None]).reshape(-1, 2)
@@ -126,8 +130,13 @@ def longest_axial_diameter_mm(component: np.ndarray, affine: np.ndarray) -> floa
                 pts = pts[ConvexHull(pts).vertices]
             except QhullError:  # collinear voxels: every corner is kept
                 pass
-        best = max(best, float(pdist(pts @ affine[:3, in_plane].T).max()))
-    return best
+        distances = squareform(pdist(pts @ affine[:3, in_plane].T))
+        i, j = np.unravel_index(distances.argmax(), distances.shape)
+        if distances[i, j] > best:
+            best = float(distances[i, j])
+            ends[:, in_plane], ends[:, ax] = pts[[i, j]], k
+    index = ends + np.asarray(offset, dtype=float)
+    return best, (RAS_TO_LPS @ (affine[:3, :3] @ index.T + affine[:3, 3:])).T
 
 
 def lesion_findings(
@@ -150,13 +159,15 @@ def lesion_findings(
             continue
         comp = labels[obj] == i
         probs = lesion_prob[obj][comp]
+        diameter, ends = longest_axial_diameter(comp, affine, tuple(s.start for s in obj))
         lesions.append(
             {
                 "component": i,
                 "voxels": int(comp.sum()),
                 "centroid_mm": list(_centroid_lps(comp, obj, affine)),
                 "volume_mm3": round(int(comp.sum()) * voxel_mm3, 2),
-                "longest_axial_diameter_mm": round(longest_axial_diameter_mm(comp, affine), 2),
+                "longest_axial_diameter_mm": round(diameter, 2),
+                "longest_axial_diameter_ends_mm": [[round(float(v), 2) for v in point] for point in ends],
                 "mean_probability": round(float(probs.mean()), 4),
                 "max_probability": round(float(probs.max()), 4),
                 "region": region,

@@ -101,8 +101,10 @@ def mixed_run(tmp_path_factory, shared_data, quiet_model):
     valid = sorted((pydicom.dcmread(p) for p in (inp / "valid").glob("*.dcm")), key=lambda d: d.InstanceNumber)
     labels = np.zeros((valid[0].Columns, valid[0].Rows, len(valid)), np.uint8)
     labels[200:210, 200:210, 20:23] = 1
-    lesion = {"number": 1, "volume_mm3": 1.0, "longest_axial_diameter_mm": 1.0, "max_probability": 0.9,
-              "mean_probability": 0.9}  # fmt: skip
+    start = np.asarray(valid[20].ImagePositionPatient, dtype=float)
+    ends = [list(start), list(start + [10.0, 0, 0])]
+    lesion = {"number": 1, "volume_mm3": 1.0, "longest_axial_diameter_mm": 10.0, "max_probability": 0.9,
+              "longest_axial_diameter_ends_mm": ends, "mean_probability": 0.9}  # fmt: skip
     findings = {"region": "chest", "weights": {"status": "trained"}, "lesion_count": 1, "suspicion_score": 0.9,
                 "lesions": [lesion]}  # fmt: skip
     (inp / "earlier_results").mkdir()

@@ -40,12 +40,29 @@ def _series(shared_data: Path, charset, name: str) -> list[pydicom.Dataset]:
     return sorted(out, key=lambda d: float(d.ImagePositionPatient[2]))
 
 
-def _findings(count: int) -> dict:
-    lesions = [
-        {"number": n, "volume_mm3": 100.0 * n, "longest_axial_diameter_mm": 5.0 + n, "max_probability": 0.9,
-         "mean_probability": 0.8}
-        for n in range(1, count + 1)
-    ]  # fmt: skip
+def _box(n: int) -> tuple[slice, slice, slice]:
+    """Lesion n of the test lesion maps: 8 x 8 pixels (columns, rows) on 3 slices."""
+    return slice(20 * n, 20 * n + 8), slice(200, 208), slice(10 + n, 13 + n)
+
+
+def _lps(ds: pydicom.Dataset, column: float, row: float) -> np.ndarray:
+    """The patient position (mm) of a (column, row) pixel index on a slice (pixel centres at integers)."""
+    row_dir, col_dir = np.asarray(ds.ImageOrientationPatient, dtype=float).reshape(2, 3)
+    row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+    return np.asarray(ds.ImagePositionPatient, float) + column * column_spacing * row_dir + row * row_spacing * col_dir
+
+
+def _findings(count: int, datasets: list[pydicom.Dataset]) -> dict:
+    lesions = []
+    for n in range(1, count + 1):
+        columns, rows, slices = _box(n)
+        ds = datasets[slices.start]  # the caliper: the box's diagonal, corner to corner, on its first slice
+        ends = [_lps(ds, columns.start - 0.5, rows.start - 0.5), _lps(ds, columns.stop - 0.5, rows.stop - 0.5)]
+        diameter = float(np.linalg.norm(ends[1] - ends[0]))
+        lesions.append(
+            {"number": n, "volume_mm3": 100.0 * n, "longest_axial_diameter_mm": diameter, "max_probability": 0.9,
+             "longest_axial_diameter_ends_mm": [list(map(float, e)) for e in ends], "mean_probability": 0.8}
+        )  # fmt: skip
     return {"region": "chest", "weights": {"status": "trained"}, "lesion_count": count, "suspicion_score": 0.9,
             "lesions": lesions}  # fmt: skip
 
@@ -53,7 +70,7 @@ def _findings(count: int) -> dict:
 def _lesion_map(datasets: list[pydicom.Dataset], count: int) -> np.ndarray:
     labels = np.zeros((datasets[0].Columns, datasets[0].Rows, len(datasets)), np.uint8)
     for n in range(1, count + 1):
-        labels[20 * n : 20 * n + 8, 200:208, 10 + n : 13 + n] = n
+        labels[_box(n)] = n
     return labels
 
 
@@ -68,8 +85,8 @@ def test_patient_name_round_trips_in_every_character_set(shared_data, tmp_path, 
     series = _series(shared_data, charset, name)
     assert str(series[0].PatientName) == name  # the source really holds the name in that character set
     before = [d.SpecificCharacterSet for d in series]
-    seg = _written(build_seg(series, _lesion_map(series, 1), _findings(1), "0.3.0"), tmp_path / "seg.dcm")
-    sr = _written(build_sr(series, seg, _findings(1), "0.3.0"), tmp_path / "sr.dcm")
+    seg = _written(build_seg(series, _lesion_map(series, 1), _findings(1, series), "0.3.0"), tmp_path / "seg.dcm")
+    sr = _written(build_sr(series, seg, _findings(1, series), "0.3.0"), tmp_path / "sr.dcm")
     for output in (seg, sr):
         assert str(output.PatientName) == name and output.SpecificCharacterSet == "ISO_IR 192"
         assert output.StudyInstanceUID == series[0].StudyInstanceUID
@@ -79,7 +96,7 @@ def test_patient_name_round_trips_in_every_character_set(shared_data, tmp_path, 
 def test_each_segment_recommends_its_lesion_colour(shared_data, tmp_path):
     series = _series(shared_data, "ISO_IR 100", "Doe^John")
     labels = _lesion_map(series, 3)
-    build_seg(series, labels, _findings(3), "0.3.0").save_as(tmp_path / "seg.dcm", enforce_file_format=True)
+    build_seg(series, labels, _findings(3, series), "0.3.0").save_as(tmp_path / "seg.dcm", enforce_file_format=True)
     seg = hd.seg.segread(tmp_path / "seg.dcm")
     colours = {}
     for item in seg.SegmentSequence:
@@ -109,8 +126,8 @@ def test_conformance_details(shared_data, tmp_path):
     error. (dciodvfy still warns "unrecognized defined term <99GFSCREEN>" for every private code, declared or not:
     it does not read CodingSchemeIdentificationSequence.)"""
     series = _series(shared_data, "ISO_IR 100", "Doe^John")
-    seg = _written(build_seg(series, _lesion_map(series, 2), _findings(2), "0.3.0"), tmp_path / "seg.dcm")
-    sr = _written(build_sr(series, seg, _findings(2), "0.3.0"), tmp_path / "sr.dcm")
+    seg = _written(build_seg(series, _lesion_map(series, 2), _findings(2, series), "0.3.0"), tmp_path / "seg.dcm")
+    sr = _written(build_sr(series, seg, _findings(2, series), "0.3.0"), tmp_path / "sr.dcm")
     assert str(seg.ContentCreatorName)
     for output in (seg, sr):
         assert output.SeriesDate == output.ContentDate and output.SeriesTime == output.ContentTime
@@ -122,3 +139,28 @@ def test_conformance_details(shared_data, tmp_path):
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         lines = (report.stdout + report.stderr).splitlines()
         assert not [line for line in lines if line.startswith("Error")], (path.name, lines)
+
+
+def test_each_lesion_has_its_diameter_as_a_line_on_its_slice(shared_data, tmp_path):
+    """TID 1410 per lesion: a two-point POLYLINE on the source slice holding the caliper, in SCOORD's pixel
+    convention (top left corner of the top left pixel is 0.0), with the diameter and the lesion's tracking UID."""
+    series = _series(shared_data, "ISO_IR 100", "Doe^John")
+    findings = _findings(2, series)
+    seg = _written(build_seg(series, _lesion_map(series, 2), findings, "0.3.0"), tmp_path / "seg.dcm")
+    build_sr(series, seg, findings, "0.3.0").save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    sr = hd.sr.srread(tmp_path / "sr.dcm")
+    planar = sr.content.get_planar_roi_measurement_groups()
+    volumetric = {g.tracking_identifier: g.tracking_uid for g in sr.content.get_volumetric_roi_measurement_groups()}
+    assert len(planar) == 2
+    for group, les in zip(planar, findings["lesions"]):
+        columns, rows, slices = _box(les["number"])
+        region = group.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        np.testing.assert_allclose(
+            region.value, [[columns.start, rows.start], [columns.stop, rows.stop]], atol=1e-3
+        )  # corners of the box's pixels: 0.5 from the centres
+        (source,) = region.ContentSequence
+        assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == series[slices.start].SOPInstanceUID
+        (length,) = group.get_measurements()
+        assert length.value == pytest.approx(les["longest_axial_diameter_mm"], abs=0.01)
+        assert group.tracking_uid == volumetric[group.tracking_identifier]  # the same lesion as its segment's group

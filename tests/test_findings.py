@@ -140,3 +140,22 @@ def test_body_mask_keeps_both_legs_and_drops_a_table():
     body = body_mask(tissue)
     assert body[5:25, 10:30].all() and body[35:55, 10:30].all()
     assert not body[5:55, 2:4].any()
+
+
+def test_longest_axial_diameter_and_its_ends():
+    """A 10 x 4 voxel rectangle on one slice of a 0.8 x 0.8 x 2.5 mm grid: the caliper runs corner to corner of its
+    footprint (the diagonal), its ends are that far apart, on the rectangle's slice, in LPS."""
+    from bundle.findings import longest_axial_diameter
+
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-100.0, 50.0, 20.0]
+    component = np.zeros((12, 6, 3), bool)
+    component[1:11, 1:5, 2] = True
+    diameter, ends = longest_axial_diameter(component, affine, offset=(5, 0, 4))
+    assert diameter == pytest.approx(np.hypot(10 * 0.8, 4 * 0.8))
+    assert np.linalg.norm(ends[1] - ends[0]) == pytest.approx(diameter)
+    assert ends[:, 2] == pytest.approx([20.0 + 2.5 * (2 + 4)] * 2)  # the slice, with the component's offset
+    ras = sorted(tuple(np.round(np.diag([-1, -1, 1]) @ e, 6)) for e in ends)  # back to RAS: the footprint corners
+    assert ras[0][:2] == pytest.approx((-100.0 + 0.8 * (5 + 0.5), 50.0 + 0.8 * 0.5)) or ras[0][:2] == pytest.approx(
+        (-100.0 + 0.8 * (5 + 0.5), 50.0 + 0.8 * 4.5)
+    )
