@@ -32,12 +32,14 @@ class ExitStatus:
 
 @dataclass
 class DicomSource:
-    """Where a DICOM case came from: the SDK's study and series, and the series' pydicom datasets sorted along the
-    slice normal (the order of the volume's last axis), which the SEG and SR reference."""
+    """Where a DICOM case came from: the SDK's study and series, the series' pydicom datasets sorted along the slice
+    normal (the order of the volume's last axis), which the SEG and SR reference, and the study's result objects."""
 
     study: DICOMStudy
     series: DICOMSeries
     datasets: list[pydicom.Dataset] = field(default_factory=list)
+    earlier_outputs: list[pydicom.Dataset] = field(default_factory=list)
+    """The study's result objects (SEG, SR, ...) in the input: an earlier run's outputs among them."""
 
 
 @dataclass

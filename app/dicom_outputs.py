@@ -8,6 +8,8 @@ can show, hide and jump to "Lesion 2", and the segment numbers equal the lesion 
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -95,26 +97,66 @@ def _algorithm(findings: dict, version: str) -> hd.AlgorithmIdentificationSequen
     )
 
 
-def _new_series(series_number: int, findings: dict) -> dict:
-    """What each output gets of its own: a new series (number ``series_number``) of one instance, ours, whose
-    description says it is not for clinical use."""
+SEG_SERIES_NUMBER, SR_SERIES_NUMBER = 9001, 9002
+"""The series numbers of the SEG and the SR: the same for every run and version of this algorithm."""
+
+DEVICE_UID_VARIABLE = "GF_SCREEN_DEVICE_UID"
+
+
+def device_uid() -> str:
+    """The SR's Device Observer UID: ``GF_SCREEN_DEVICE_UID`` (one per installation, so that reports of two devices
+    can be told apart), else one fixed UID of this algorithm; the same on every run either way."""
+    configured = os.environ.get(DEVICE_UID_VARIABLE, "").strip()
+    if configured:
+        if not pydicom.uid.UID(configured).is_valid:
+            raise ValueError(f"{DEVICE_UID_VARIABLE}={configured!r} is not a valid DICOM UID.")
+        return configured
+    return pydicom.uid.generate_uid(entropy_srcs=[MANUFACTURER, MODEL_NAME])
+
+
+def output_series_uid(source_series_uid: str, kind: str, version: str) -> str:
+    """The SeriesInstanceUID of our ``kind`` (SEG or SR) output for a source series: the same for every run of one
+    version on that series, so a re-run adds an instance to the series instead of a look-alike new one."""
+    return pydicom.uid.generate_uid(entropy_srcs=[MANUFACTURER, kind, version, source_series_uid])
+
+
+def lesion_tracking_uid(source_series_uid: str, version: str, number: int) -> str:
+    """Lesion ``number``'s Tracking UID (0: the scan-level group's): the same on every run of one version on a source
+    series, so a viewer can follow a lesion from one report to its replacement."""
+    return pydicom.uid.generate_uid(entropy_srcs=[MANUFACTURER, "lesion", version, source_series_uid, str(number)])
+
+
+def _in_series(earlier: Sequence[pydicom.Dataset], series_uid: str) -> list[pydicom.Dataset]:
+    return [d for d in earlier if str(getattr(d, "SeriesInstanceUID", "")) == series_uid]
+
+
+def _new_instance(
+    series_number: int, series_uid: str, findings: dict, version: str, earlier: Sequence[pydicom.Dataset]
+) -> dict:
+    """What each output gets of its own: an instance of our series for this source and version (numbered after the
+    earlier instances of that series found in the input), whose description names the version and says it is not
+    for clinical use."""
+    numbers = [int(getattr(d, "InstanceNumber", 0) or 0) for d in _in_series(earlier, series_uid)]
     return {
-        "series_instance_uid": hd.UID(),
+        "series_instance_uid": series_uid,
         "series_number": series_number,
         "sop_instance_uid": hd.UID(),
-        "instance_number": 1,
+        "instance_number": max(numbers, default=0) + 1,
         "manufacturer": MANUFACTURER,
-        "series_description": not_for_clinical_use(findings),
+        "series_description": f"{not_for_clinical_use(findings)} ({version})",
     }
 
 
-def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) -> hd.seg.Segmentation:
+def build_seg(
+    datasets: list, labels: np.ndarray, findings: dict, version: str, earlier: Sequence[pydicom.Dataset] = ()
+) -> hd.seg.Segmentation:
     """BINARY Segmentation of the source series: segment n is lesion n, SNOMED "Lesion" in its body region.
 
     ``labels`` is the lesion label map (x, y, slice) on the source grid; empty frames are omitted (each kept frame
     references its source slice).
     """
     datasets = unicode_headers(datasets)
+    source_uid = str(datasets[0].SeriesInstanceUID)
     region = REGION_CODES.get(findings.get("region", ""), None)
     descriptions = [
         hd.seg.SegmentDescription(
@@ -124,7 +166,7 @@ def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) 
             segmented_property_type=codes.SCT.Lesion,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=_algorithm(findings, version),
-            tracking_uid=hd.UID(),
+            tracking_uid=lesion_tracking_uid(source_uid, version, les["number"]),
             tracking_id=f"Lesion {les['number']}",
             anatomic_regions=[region] if region is not None else None,
             display_color=hd.color.CIELabColor.from_rgb(*lesion_colour(les["number"])),
@@ -136,7 +178,7 @@ def build_seg(datasets: list, labels: np.ndarray, findings: dict, version: str) 
         pixel_array=frames_of(labels),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        **_new_series(9001, findings),
+        **_new_instance(SEG_SERIES_NUMBER, output_series_uid(source_uid, "SEG", version), findings, version, earlier),
         manufacturer_model_name=MODEL_NAME,
         software_versions=version,
         device_serial_number="0",
@@ -168,11 +210,11 @@ def _finish(dataset: pydicom.Dataset, private_codes: bool = False) -> pydicom.Da
     return dataset
 
 
-def _scan_group(findings: dict, algorithm: hd.sr.AlgorithmIdentification):
+def _scan_group(findings: dict, algorithm: hd.sr.AlgorithmIdentification, tracking_uid: str):
     """TID 1501 for the whole scan: the suspicion score, the lesion count and whether a lesion was found."""
     found = findings["lesion_count"] > 0
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Scan"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="Scan"),
         algorithm_id=algorithm,
         measurements=[
             _num(SUSPICION_SCORE, findings["suspicion_score"], codes.UCUM.NoUnits),
@@ -249,15 +291,24 @@ def _lesion_groups(datasets: list, seg: hd.seg.Segmentation, findings: dict, alg
     return groups
 
 
-def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, version: str) -> hd.sr.Comprehensive3DSR:
+def build_sr(
+    datasets: list,
+    seg: hd.seg.Segmentation | None,
+    findings: dict,
+    version: str,
+    earlier: Sequence[pydicom.Dataset] = (),
+) -> hd.sr.Comprehensive3DSR:
     """TID 1500 Measurement Report: per lesion its volume and longest axial diameter, referencing its segment.
 
     A scan-level group (TID 1501) always holds the suspicion score, the lesion count and whether a lesion was found,
-    so "nothing found" is stated, not implied by an empty report.
+    so "nothing found" is stated, not implied by an empty report. An earlier report of this version on the same
+    series found among ``earlier`` (the study's result objects in the input) is named as the predecessor this one
+    replaces (PredecessorDocumentsSequence).
     """
     datasets = unicode_headers(datasets)
     algorithm = hd.sr.AlgorithmIdentification(name="GF-Screen Glance-Focus", version=version)
-    groups = [_scan_group(findings, algorithm)]
+    source_uid = str(datasets[0].SeriesInstanceUID)
+    groups = [_scan_group(findings, algorithm, lesion_tracking_uid(source_uid, version, 0))]
     if seg is not None:
         groups += _lesion_groups(datasets, seg, findings, algorithm)
     report = hd.sr.MeasurementReport(
@@ -265,7 +316,7 @@ def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, ve
             observer_device_context=hd.sr.ObserverContext(
                 observer_type=codes.DCM.Device,
                 observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                    uid=hd.UID(), name=MODEL_NAME, manufacturer_name=MANUFACTURER, model_name=version
+                    uid=device_uid(), name=MODEL_NAME, manufacturer_name=MANUFACTURER, model_name=version
                 ),
             )
         ),
@@ -273,10 +324,12 @@ def build_sr(datasets: list, seg: hd.seg.Segmentation | None, findings: dict, ve
         imaging_measurements=groups,
     )
     evidence = list(datasets) + ([seg] if seg is not None else [])
+    series_uid = output_series_uid(source_uid, "SR", version)
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        **_new_series(9002, findings),
+        **_new_instance(SR_SERIES_NUMBER, series_uid, findings, version, earlier),
+        previous_versions=_in_series(earlier, series_uid) or None,
         is_complete=True,
         is_final=False,
         is_verified=False,

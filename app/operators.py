@@ -178,12 +178,13 @@ class CTSeriesSelectorOperator(Operator):
         if not studies:
             logger.error("No DICOM study in the input.")
         for study in studies:
-            candidates, derived = [], Counter()
+            candidates, derived, earlier = [], Counter(), []
             for series in study.get_all_series():
                 problem, info = series_problem(series)
                 modality = _modality(series)
                 if problem and modality in DERIVED_MODALITIES:  # routine: earlier results (ours, others') in the study
                     derived[modality] += 1
+                    earlier += [inst.get_native_sop_instance() for inst in series.get_sop_instances()]
                 elif problem:
                     message = f"{describe_series(series)}: {problem}"
                     self.report.rejected_series.append(message)
@@ -199,7 +200,8 @@ class CTSeriesSelectorOperator(Operator):
                 continue
             series = min(candidates, key=lambda c: c[:3])[3]
             logger.info("Study %s: screening %s", study.StudyInstanceUID, describe_series(series))
-            cases.append(Case(case_id=series.SeriesInstanceUID, source="DICOM", dicom=DicomSource(study, series)))
+            source = DicomSource(study, series, earlier_outputs=earlier)
+            cases.append(Case(case_id=series.SeriesInstanceUID, source="DICOM", dicom=source))
         self.report.cases.extend(cases)
         self.report.stage_seconds["select"] = round(time.perf_counter() - t0, 3)
         op_output.emit(cases, "cases")

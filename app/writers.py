@@ -82,7 +82,9 @@ class SegWriterOperator(_Writer):
         if not screened.findings["lesions"]:
             case.outputs["seg"] = None
             return
-        seg = build_seg(case.dicom.datasets, screened.lesion_map, screened.findings, self.version)
+        seg = build_seg(
+            case.dicom.datasets, screened.lesion_map, screened.findings, self.version, case.dicom.earlier_outputs
+        )
         seg.save_as(_staged_dicom(case, self.output, SEG_NAME), enforce_file_format=True)
         case.outputs["seg"] = seg
 
@@ -95,7 +97,8 @@ class SRWriterOperator(_Writer):
     def process(self, case: Case) -> None:
         if case.kind != "dicom":
             return
-        sr = build_sr(case.dicom.datasets, case.outputs.get("seg"), case.screened.findings, self.version)
+        seg, findings = case.outputs.get("seg"), case.screened.findings
+        sr = build_sr(case.dicom.datasets, seg, findings, self.version, case.dicom.earlier_outputs)
         sr.save_as(_staged_dicom(case, self.output, SR_NAME), enforce_file_format=True)
         case.outputs["sr"] = sr
 

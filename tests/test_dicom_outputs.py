@@ -164,3 +164,38 @@ def test_each_lesion_has_its_diameter_as_a_line_on_its_slice(shared_data, tmp_pa
         (length,) = group.get_measurements()
         assert length.value == pytest.approx(les["longest_axial_diameter_mm"], abs=0.01)
         assert group.tracking_uid == volumetric[group.tracking_identifier]  # the same lesion as its segment's group
+
+
+def test_a_rerun_continues_its_series_and_names_the_report_it_replaces(shared_data, tmp_path, monkeypatch):
+    """Run 2 sees run 1's SEG and SR in the study (as a PACS returns it): same series, next instance, the same
+    tracking UIDs, and the new SR names the old one in PredecessorDocumentsSequence; another version is another
+    series; the Device Observer UID is the configured one, the same on every run."""
+    monkeypatch.setenv("GF_SCREEN_DEVICE_UID", "1.2.826.0.1.3680043.10.511.99.1")
+    series = _series(shared_data, "ISO_IR 100", "Doe^John")
+    findings, labels = _findings(2, series), _lesion_map(series, 2)
+
+    def run(version, earlier=()):
+        seg = _written(build_seg(series, labels, findings, version, earlier), tmp_path / f"seg{len(earlier)}.dcm")
+        sr = _written(build_sr(series, seg, findings, version, earlier), tmp_path / f"sr{len(earlier)}.dcm")
+        return seg, sr
+
+    seg1, sr1 = run("0.3.0")
+    seg2, sr2 = run("0.3.0", [seg1, sr1])
+    for first, second in ((seg1, seg2), (sr1, sr2)):
+        assert second.SeriesInstanceUID == first.SeriesInstanceUID and second.SeriesNumber == first.SeriesNumber
+        assert (first.InstanceNumber, second.InstanceNumber) == (1, 2)
+        assert second.SOPInstanceUID != first.SOPInstanceUID
+    assert "PredecessorDocumentsSequence" not in sr1
+    (study,) = sr2.PredecessorDocumentsSequence
+    (old,) = study.ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert old.ReferencedSOPInstanceUID == sr1.SOPInstanceUID
+    assert [s.TrackingUID for s in seg2.SegmentSequence] == [s.TrackingUID for s in seg1.SegmentSequence]
+    for sr in (sr1, sr2):
+        observer = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121012"]
+        assert observer and observer[0].UID == "1.2.826.0.1.3680043.10.511.99.1"
+    seg3, sr3 = run("0.4.0", [seg1, sr1, seg2, sr2])
+    assert seg3.SeriesInstanceUID != seg1.SeriesInstanceUID and seg3.InstanceNumber == 1
+    assert "PredecessorDocumentsSequence" not in sr3
+    monkeypatch.setenv("GF_SCREEN_DEVICE_UID", "not-a-uid")
+    with pytest.raises(ValueError, match="GF_SCREEN_DEVICE_UID"):
+        build_sr(series, seg1, findings, "0.3.0")
