@@ -337,8 +337,8 @@ def test_grl_trains_a_batch_norm_glance_that_validates_in_shared_mode(shared_dat
 
 
 def test_glance_stage_trains_glance_alone_and_writes_focus_back_unchanged(shared_data, tmp_path):
-    """configs/train_glance.yaml: Glance learns from the window CE on 4 scans per step; the model file it writes holds
-    that Glance and the starting Focus bit for bit, loadable by inference."""
+    """configs/train_glance.yaml: Glance learns from the window CE on 4 scans per step; a time limit ends the stage
+    cleanly; the model file it writes holds that Glance and the starting Focus bit for bit, loadable by inference."""
     seeded = _workflow(tmp_path / "a", shared_data)
     start = {
         "glance": _params(seeded.parser.get_parsed_content("glance")),
@@ -352,17 +352,19 @@ def test_glance_stage_trains_glance_alone_and_writes_focus_back_unchanged(shared
         tmp_path / "b",
         shared_data,
         config_file=[*TRAIN, str(ROOT / "configs/train_glance.yaml")],
-        max_epochs=2,
+        max_epochs=3,
         init_weights=str(tmp_path / "start.pt"),
         host_repeat=1,
         windows_per_scan=2,
+        time_limit_seconds=1,
     )
     trainer = wf.parser.get_parsed_content("train#trainer")
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
     wf.run()
     assert trainer.network is wf.parser.get_parsed_content("glance")
-    assert trainer.state.iteration == len(losses) == 2  # 4 training scans, 4 per step, 2 epochs
+    # 4 training scans, 4 per step: an iteration per epoch; the 1 s time limit ends the stage after the first
+    assert trainer.state.iteration == len(losses) == 1 and trainer.state.max_epochs == 3
     assert all(math.isfinite(v) and v > 0 for v in losses)
     glance, focus = wf.parser.get_parsed_content("glance_def"), wf.parser.get_parsed_content("network_def")
     assert load_weights(tmp_path / "b/models/model.pt", glance, focus)["status"] == "trained"
