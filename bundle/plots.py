@@ -31,7 +31,7 @@ __all__ = ["plot_froc", "plot_lesion_types", "plot_key_slices", "plot_training",
 TRAINING_PANELS = (
     ("Focus segmentation loss (DiceCE)", ("seg",)),
     ("Glance: mean p on lesion / lesion-free crops", ("p_lesion", "p_background")),
-    ("Glance class-balanced CE; hit rate", ("ce", "hit_rate")),
+    ("Glance class-balanced CE; hit rate", ("ce", "glance_ce", "hit_rate")),
     ("validation (tuning split)", ("val_mean_dice", "keep_fraction", "glance_sensitivity", "glance_specificity")),
 )
 
