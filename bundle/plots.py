@@ -157,11 +157,18 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_training(run_dir: str | Path, output: str | Path, smooth: int = 14) -> None:
-    """The curves of ``TRAINING_PANELS`` (iteration terms as a running mean over ``smooth`` iterations)."""
+    """The curves of ``TRAINING_PANELS`` that the run logged (iteration terms as a running mean over ``smooth``
+    iterations); a Glance stage logs only its CE, so it gets one panel."""
     plt = _pyplot()
     scalars = read_scalars(run_dir)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, (title, names) in zip(axes.ravel(), TRAINING_PANELS):
+    panels = [(title, names) for title, names in TRAINING_PANELS if any(scalars.get(name) for name in names)]
+    if not panels:
+        raise SystemExit(f"{run_dir}: no logged scalar of the training panels")
+    rows, columns = -(-len(panels) // 2), min(len(panels), 2)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.5 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (title, names) in zip(axes.ravel(), panels):
         for name in names:
             series = scalars.get(name)
             if not series:
