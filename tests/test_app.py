@@ -125,16 +125,21 @@ def lidc_run(lidc, model_dir, tmp_path_factory):
     return proc, output_of(out)
 
 
-@pytest.fixture(scope="module")
-def bundle_mask(lidc, model_dir, tmp_path_factory) -> np.ndarray:
-    """The bundle's own inference (``python -m monai.bundle run``) on the same series with the same weights."""
-    out = tmp_path_factory.mktemp("out_bundle")
+def bundle_lesion_mask(series: Path, model_dir: Path, out: Path) -> np.ndarray:
+    """The bundle's own inference (``python -m monai.bundle run``) on a DICOM series folder with a test bundle's
+    configs and weights: its lesion mask on the bundle's (x, y, slice) grid."""
     cfg = [str(model_dir / "configs" / n) for n in ("inference.yaml", "small.yaml", "test.json")]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(cfg), "--input_path", str(lidc)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(cfg), "--input_path", str(series)]
     cmd += ["--output_dir", str(out), "--ckpt_path", str(model_dir / "models/model.pt"), "--bundle_root", str(ROOT)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return np.asarray(nib.load(out / "dicom" / "dicom_lesion.nii.gz").dataobj)
+    return np.asarray(nib.load(out / series.name / f"{series.name}_lesion.nii.gz").dataobj)
+
+
+@pytest.fixture(scope="module")
+def bundle_mask(lidc, model_dir, tmp_path_factory) -> np.ndarray:
+    """The bundle's own inference on the same series with the same weights."""
+    return bundle_lesion_mask(lidc, model_dir, tmp_path_factory.mktemp("out_bundle"))
 
 
 def test_seg_is_the_bundle_mask_on_the_dicom_grid(lidc_run, bundle_mask, lidc):
