@@ -26,6 +26,7 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, init_app_context
 
 from app.cases import ExitStatus, RunReport
+from app.dicom_outputs import device_uid
 from app.model import BundleModel, ModelPathError, WeightsError, load_bundle
 from app.operators import (
     CheckedDICOMLoaderOperator,
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None, report: RunReport | None = None) -> int:
     input_path = Path(ctx.input_path)
     if not input_path.exists():
         logger.error("Input %s does not exist (give -i or HOLOSCAN_INPUT_PATH).", input_path)
+        return ExitStatus.USAGE
+    try:
+        device_uid()
+    except ValueError as e:
+        logger.error("%s", e)
         return ExitStatus.USAGE
     try:
         model = load_bundle(ctx.model_path)

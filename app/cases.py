@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pydicom
 import torch
 from monai.deploy.core.domain import DICOMSeries, DICOMStudy
 
+from app.dicom_outputs import unicode_headers
 from bundle.inferer import GlanceFocusStats, Tiling
 
 __all__ = ["Case", "DicomSource", "ExitStatus", "RunReport", "Screened", "Selection"]
@@ -40,6 +42,11 @@ class DicomSource:
     datasets: list[pydicom.Dataset] = field(default_factory=list)
     earlier_outputs: list[pydicom.Dataset] = field(default_factory=list)
     """The study's result objects (SEG, SR, ...) in the input: an earlier run's outputs among them."""
+
+    @cached_property
+    def headers(self) -> list[pydicom.Dataset]:
+        """The datasets' headers in UTF-8 (``unicode_headers``), made once for the SEG and the SR writer."""
+        return unicode_headers(self.datasets)
 
 
 @dataclass

@@ -72,8 +72,11 @@ def unicode_headers(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
     highdicom copies the patient and study attributes into its outputs together with the source's
     SpecificCharacterSet, and refuses the usual form of the Japanese and Korean ones (``\\ISO 2022 IR 87``: an empty
     first value) and an empty one. Decoded by pydicom and written in UTF-8, every name round-trips whatever the
-    source's character set; the inputs themselves are not touched.
+    source's character set; the inputs themselves are not touched. Headers made by this function are returned as
+    they are (``DicomSource.headers`` makes them once per case for both writers).
     """
+    if all("PixelData" not in ds and ds.get("SpecificCharacterSet") == "ISO_IR 192" for ds in datasets):
+        return list(datasets)
     headers = []
     for ds in datasets:
         header = pydicom.Dataset()

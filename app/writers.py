@@ -83,7 +83,7 @@ class SegWriterOperator(_Writer):
             case.outputs["seg"] = None
             return
         seg = build_seg(
-            case.dicom.datasets, screened.lesion_map, screened.findings, self.version, case.dicom.earlier_outputs
+            case.dicom.headers, screened.lesion_map, screened.findings, self.version, case.dicom.earlier_outputs
         )
         seg.save_as(_staged_dicom(case, self.output, SEG_NAME), enforce_file_format=True)
         case.outputs["seg"] = seg
@@ -98,7 +98,7 @@ class SRWriterOperator(_Writer):
         if case.kind != "dicom":
             return
         seg, findings = case.outputs.get("seg"), case.screened.findings
-        sr = build_sr(case.dicom.datasets, seg, findings, self.version, case.dicom.earlier_outputs)
+        sr = build_sr(case.dicom.headers, seg, findings, self.version, case.dicom.earlier_outputs)
         sr.save_as(_staged_dicom(case, self.output, SR_NAME), enforce_file_format=True)
         case.outputs["sr"] = sr
 

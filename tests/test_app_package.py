@@ -108,3 +108,15 @@ def test_missing_input_exits_2_and_unusable_model_path_exits_5(tmp_path, monkeyp
     status = main(["app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "in")])
     assert status == ExitStatus.WEIGHTS
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_invalid_device_uid_exits_2_before_screening(tmp_path, monkeypatch, root_logging, capfd):
+    """A wrong GF_SCREEN_DEVICE_UID is a set-up error found at start (before the model is even loaded: the same
+    call with a valid UID stops at the missing weights), not after a scan has been screened."""
+    (tmp_path / "in").mkdir()
+    args = ["app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "in")]
+    monkeypatch.setenv("GF_SCREEN_DEVICE_UID", "1.2.3.x")
+    assert main(args) == ExitStatus.USAGE
+    assert "GF_SCREEN_DEVICE_UID='1.2.3.x' is not a valid DICOM UID" in capfd.readouterr().err
+    monkeypatch.setenv("GF_SCREEN_DEVICE_UID", "1.2.3.4")
+    assert main(args) == ExitStatus.WEIGHTS

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from app.dicom_outputs import LESION_COUNT, SCHEME, build_seg, build_sr
+from app.dicom_outputs import LESION_COUNT, SCHEME, build_seg, build_sr, unicode_headers
 from bundle.findings import lesion_colour
 
 NAMES = {
@@ -91,6 +91,8 @@ def test_patient_name_round_trips_in_every_character_set(shared_data, tmp_path, 
         assert str(output.PatientName) == name and output.SpecificCharacterSet == "ISO_IR 192"
         assert output.StudyInstanceUID == series[0].StudyInstanceUID
     assert [d.SpecificCharacterSet for d in series] == before  # the inputs are not touched
+    headers = unicode_headers(series)
+    assert all(a is b for a, b in zip(unicode_headers(headers), headers))  # made once per case for both writers
 
 
 def test_each_segment_recommends_its_lesion_colour(shared_data, tmp_path):
