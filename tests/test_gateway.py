@@ -179,3 +179,17 @@ def test_informatics_gateway_payload_gives_dicom_only_outputs(tmp_path, lidc, mo
         ds = pydicom.dcmread(path)
         assert ds.StudyInstanceUID == study_uid(lidc) and ds.file_meta.TransferSyntaxUID
     assert sorted(p.name for p in folder.iterdir()) == sorted(["dicom", f"{folder.name}_findings.json"])
+
+
+def test_retry_endpoint_queues_a_refused_study_again(pacs, gapped):
+    """``POST /gf-screen/studies/<id>/screen`` drops the study's 'not screened' record and screens it anew."""
+    (found,) = json.loads(pacs.http("/tools/lookup", data=study_uid(gapped).encode())[0])
+    assert json.loads(pacs.http(f"/gf-screen/studies/{found['ID']}/screen", data=b"")[0]) == {"queued": found["ID"]}
+    status = pacs.wait(
+        lambda: (s := pacs.get("/gf-screen/status"))["finished"]["not screened"] == 2 and not s["current"] and s,
+        300,
+        "the second screening of the refused study",
+    )
+    assert status["queued"] == [] and status["finished"]["screened"] == 1
+    (record,) = records(pacs, gapped)
+    assert record["status"] == "not screened"
