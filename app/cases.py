@@ -15,21 +15,11 @@ from monai.deploy.core.domain import DICOMSeries, DICOMStudy
 
 from app.dicom_outputs import unicode_headers
 from bundle.inferer import GlanceFocusStats, Tiling
+from bundle.validation import ExitStatus
 
 __all__ = ["Case", "DicomSource", "ExitStatus", "RunReport", "Screened", "Selection"]
 
 logger = logging.getLogger("gf_screen.app")
-
-
-class ExitStatus:
-    """Exit statuses of ``python app`` (docs/deploy.md lists them)."""
-
-    OK = 0
-    INTERNAL_ERROR = 1
-    USAGE = 2
-    NO_SCREENABLE_SERIES = 3
-    PARTIAL = 4
-    WEIGHTS = 5
 
 
 @dataclass

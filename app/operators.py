@@ -13,17 +13,15 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import torch
 from monai.data import MetaTensor
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
-from pydicom.errors import InvalidDicomError
 
 from app.cases import Case, DicomSource, RunReport, Screened, Selection
 from app.model import BundleModel
 from bundle.data import IMAGE_SUFFIXES, case_id_of
-from bundle.validation import InvalidScanError, check_complete, check_series_headers, is_dicom_file
+from bundle.validation import InvalidScanError, check_complete, check_series_headers, is_dicom_file, read_header
 
 __all__ = [
     "StageOperator",
@@ -112,14 +110,14 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
                 not_dicom["".join(path.suffixes[-2:]) or path.name] += 1  # e.g. the gateway's .dcm.json sidecars
                 continue
             try:
-                header = pydicom.dcmread(path, stop_before_pixels=True)
+                header = read_header(path)
                 check_complete(header, path)
                 missing = [t for t in REQUIRED_UIDS if not str(getattr(header, t, "") or "").strip()]
                 if missing:
                     raise InvalidScanError(f"empty {', '.join(missing)}: outputs could not reference it")
                 if getattr(header, "SeriesNumber", None) is None:
                     raise InvalidScanError("no SeriesNumber (the SDK's loader drops such instances)")
-            except (InvalidDicomError, InvalidScanError, OSError, ValueError, EOFError) as e:
+            except (InvalidScanError, ValueError, TypeError, AttributeError) as e:  # the last: senseless values
                 logger.warning("Ignored corrupt DICOM file %s: %s", path.name, str(e).replace(str(path), path.name))
                 continue
             usable.append(name)

@@ -42,6 +42,11 @@ def load_weights(
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise WeightsError(f"{path} must hold a dict with 'glance' and 'focus' state dicts, found {found}.")
     for name, net in (("glance", glance), ("focus", focus)):
+        broken = [
+            k for k, v in state[name].items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+        ]
+        if broken:
+            raise WeightsError(f"{path}: {len(broken)} {name} tensor(s) hold NaN or infinity (first: {broken[0]}).")
         try:
             net.load_state_dict(state[name])
         except RuntimeError as e:

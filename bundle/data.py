@@ -8,9 +8,19 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
-from bundle.validation import InvalidScanError, check_dicom_series, is_dicom_file
+from bundle.validation import ExitStatus, InvalidScanError, check_dicom_series, check_image_file, is_dicom_file
 
-__all__ = ["case_id_of", "list_inputs", "load_datalist", "training_items", "IMAGE_SUFFIXES", "PATH_KEYS"]
+__all__ = [
+    "case_id_of",
+    "list_inputs",
+    "load_datalist",
+    "refused_item",
+    "screening_inputs",
+    "training_items",
+    "IMAGE_SUFFIXES",
+    "PATH_KEYS",
+    "REFUSED",
+]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PATH_KEYS = ("image", "label", "organ")  # datalist values resolved against the data root
@@ -40,60 +50,79 @@ def load_datalist(datalist: str | os.PathLike, split: str, base_dir: str | os.Pa
     ]
 
 
+REFUSED = "refused"
+"""The key of a refused scan's reason in its item (``screening_inputs``, ``bundle.screening.ScreeningDataset``)."""
+
+
+def refused_item(image: str | os.PathLike, case_id: str, reason: str, status: int = ExitStatus.NO_SCREENABLE_SERIES):
+    """A scan that will not be screened: its path, case id, the reason (one line) and the exit status it implies."""
+    return {"image": str(image), "id": case_id, REFUSED: reason, "status": status}
+
+
+def _checked(item: dict) -> dict:
+    image = Path(item["image"])
+    try:
+        if image.is_dir():
+            return dict(item, body_part=check_dicom_series(image)["body_part"])
+        if not image.is_file():
+            raise InvalidScanError(f"scan {image} does not exist.")
+        check_image_file(image)
+    except InvalidScanError as e:
+        return refused_item(image, item["id"], str(e))
+    return item
+
+
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _dicom_item(folder: Path) -> dict:
-    info = check_dicom_series(folder)
-    return {"image": str(folder), "id": folder.name, "body_part": info["body_part"]}
+def screening_inputs(
+    input_path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, split: str = "test"
+) -> list[dict]:
+    """What bundle inference screens, as ``bundle.data.list_inputs`` lists it, with every scan checked from its
+    headers first: a scan that fails is an item with its reason under ``REFUSED`` (the run goes on with the others);
+    an input that names no scan at all is one such item with the usage status."""
+    path = Path(input_path)
+    if not path.exists():
+        return [refused_item(path, path.name, f"input {path} does not exist.", ExitStatus.USAGE)]
+    if path.is_file() and path.suffix.lower() == ".json":
+        base = Path(dataset_dir) if dataset_dir is not None else path.parent
+        items = [dict(it, id=it.get("id") or case_id_of(it["image"])) for it in load_datalist(path, split, base)]
+    elif path.is_file():
+        if is_dicom_file(path):
+            return [refused_item(path, path.name, f"{path} is a single DICOM file; give the folder of its series.")]
+        if not _is_image_file(path):
+            reason = f"{path}: not a NIfTI/NRRD/MHA scan, a DICOM folder or a .json datalist."
+            return [refused_item(path, path.name, reason, ExitStatus.USAGE)]
+        items = [{"image": str(path), "id": case_id_of(path)}]
+    elif any(is_dicom_file(p) for p in path.iterdir() if p.is_file()):
+        items = [{"image": str(path), "id": path.name}]
+    else:
+        items = [{"image": str(p), "id": case_id_of(p)} for p in sorted(path.iterdir()) if _is_image_file(p)]
+        items += [
+            {"image": str(p), "id": p.name}
+            for p in sorted(path.iterdir())
+            if p.is_dir() and any(is_dicom_file(f) for f in p.iterdir())
+        ]
+        if not items:
+            reason = f"{path}: no scans found (NIfTI, NRRD, MHA files or DICOM series folders)."
+            return [refused_item(path, path.name, reason)]
+        ids = [it["id"] for it in items]
+        if len(set(ids)) != len(ids):
+            reason = f"{path}: two scans share a case id ({sorted({i for i in ids if ids.count(i) > 1})})."
+            return [refused_item(path, path.name, reason, ExitStatus.USAGE)]
+    return [_checked(item) for item in items]
 
 
 def list_inputs(
     input_path: str | os.PathLike, dataset_dir: str | os.PathLike | None = None, split: str = "test"
 ) -> list[dict]:
-    """Data items (``image``, ``id``, optional ``label``, ``region``, ``body_part``) for ``input_path``.
-
-    - a ``.json`` datalist: the items of ``split``, paths relative to ``dataset_dir`` (default: the JSON's folder);
-    - a folder of DICOM files: that one series;
-    - a folder of scans: every NIfTI/NRRD/MHA file and every sub-folder holding a DICOM series;
-    - a single scan file.
-    DICOM series are checked up front (modality, one series, axial, no missing slices), so a bad input stops the run
-    before anything is written.
-    """
-    path = Path(input_path)
-    if not path.exists():
-        raise FileNotFoundError(f"input {path} does not exist.")
-    if path.is_file() and path.suffix.lower() == ".json":
-        base = Path(dataset_dir) if dataset_dir is not None else path.parent
-        items = load_datalist(path, split, base)
-        out = []
-        for item in items:
-            image = Path(item["image"])
-            entry = dict(item, id=item.get("id") or case_id_of(image))
-            if image.is_dir():
-                entry["body_part"] = check_dicom_series(image)["body_part"]
-            elif not image.is_file():
-                raise FileNotFoundError(f"{path} ({split}): scan {image} does not exist.")
-            out.append(entry)
-        return out
-    if path.is_file():
-        if is_dicom_file(path):
-            raise InvalidScanError(f"{path} is a single DICOM file; give the folder of its series.")
-        if not _is_image_file(path):
-            raise InvalidScanError(f"{path}: not a NIfTI/NRRD/MHA scan, a DICOM folder or a .json datalist.")
-        return [{"image": str(path), "id": case_id_of(path)}]
-    if any(is_dicom_file(p) for p in path.iterdir() if p.is_file()):
-        return [_dicom_item(path)]
-    items = [{"image": str(p), "id": case_id_of(p)} for p in sorted(path.iterdir()) if _is_image_file(p)]
-    items += [
-        _dicom_item(p) for p in sorted(path.iterdir()) if p.is_dir() and any(is_dicom_file(f) for f in p.iterdir())
-    ]
-    if not items:
-        raise InvalidScanError(f"{path}: no scans found (NIfTI, NRRD, MHA files or DICOM series folders).")
-    ids = [it["id"] for it in items]
-    if len(set(ids)) != len(ids):
-        raise InvalidScanError(f"{path}: two scans share a case id ({sorted(i for i in ids if ids.count(i) > 1)}).")
+    """``screening_inputs`` for the tools that need every scan (calibration, benchmarks): the first refused scan
+    raises (``FileNotFoundError`` for a missing one, else ``InvalidScanError``) instead of being passed over."""
+    items = screening_inputs(input_path, dataset_dir, split)
+    for item in items:
+        if REFUSED in item:
+            raise (InvalidScanError if Path(item["image"]).exists() else FileNotFoundError)(item[REFUSED])
     return items
 
 

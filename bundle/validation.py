@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 __all__ = [
+    "ExitStatus",
     "InvalidScanError",
+    "check_image_file",
     "check_complete",
     "check_dicom_series",
     "check_series_headers",
     "check_ct_volume",
     "is_dicom_file",
+    "read_header",
+    "stacking_angle_degrees",
     "MIN_EXTENT_MM",
 ]
 
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
+MAX_TILT_DEGREES = 1.0
+"""The most the slice stacking may deviate from the slice normal (gantry tilt) before a series is refused."""
+HU_RANGE = (-1024.0, 3071.0)
+HU_MARGIN = 1000.0
+MAX_OUT_OF_RANGE_FRACTION = 0.01
+"""CT values lie in ``HU_RANGE`` (12-bit CT); more than this fraction of voxels beyond it by ``HU_MARGIN`` (one
+padding value below the range aside: the outside of the reconstruction circle) is a wrong rescale, not a scan."""
 MIN_EXTENT_MM = 30.0
 """The least extent along every axis (and, for DICOM, along the slice axis) that is worth screening."""
+
+
+class ExitStatus:
+    """Exit statuses of both front doors, ``python app`` and bundle inference (docs/deploy.md lists them)."""
+
+    OK = 0
+    INTERNAL_ERROR = 1
+    USAGE = 2
+    NO_SCREENABLE_SERIES = 3
+    PARTIAL = 4
+    WEIGHTS = 5
 
 
 class InvalidScanError(ValueError):
@@ -38,6 +61,19 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def read_header(path: Path) -> pydicom.Dataset:
+    """The DICOM header of ``path`` (no pixel data); any failure to parse it is an ``InvalidScanError``.
+
+    A file can begin like DICOM (preamble and ``DICM``) and continue with garbage; pydicom then raises one of several
+    exception types (``BytesLengthException``, ``struct.error``, ``KeyError``, ...), none of which may escape."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:  # noqa: BLE001 - see above
+        raise InvalidScanError(f"{path}: unreadable DICOM file ({type(e).__name__}: {e}).") from e
+
+
 def check_complete(header: pydicom.Dataset, path: Path) -> None:
     """Reject a truncated file: pydicom returns what it could read of a cut header, ITK silently skips cut pixels."""
     image_tags = ("Rows", "Columns", "BitsAllocated")
@@ -46,7 +82,17 @@ def check_complete(header: pydicom.Dataset, path: Path) -> None:
     ):
         raise InvalidScanError(f"{path}: truncated or incomplete DICOM header (no SeriesInstanceUID or image size).")
     syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
-    if "Rows" not in header or syntax is None or syntax.is_compressed or syntax.is_deflated:
+    if "Rows" not in header or syntax is None or syntax.is_deflated:
+        return
+    if syntax.is_compressed:
+        with warnings.catch_warnings():  # pydicom warns, then leaves out the pixel data of a cut encapsulated file
+            warnings.simplefilter("ignore")
+            try:
+                complete = "PixelData" in pydicom.dcmread(path)
+            except Exception as e:  # noqa: BLE001 - any parse failure of the pixel data is a broken file
+                raise InvalidScanError(f"{path}: unreadable compressed pixel data ({type(e).__name__}: {e}).") from e
+        if not complete:
+            raise InvalidScanError(f"{path}: truncated DICOM file (its compressed pixel data ends before its end).")
         return
     frames = int(getattr(header, "NumberOfFrames", 1) or 1)
     samples = int(getattr(header, "SamplesPerPixel", 1) or 1)
@@ -70,10 +116,7 @@ def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> d
         raise InvalidScanError(f"{folder}: no DICOM files found.")
     headers = []
     for path in files:
-        try:
-            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
-        except (InvalidDicomError, OSError, ValueError, EOFError) as e:
-            raise InvalidScanError(f"{path}: unreadable DICOM file ({e}).") from e
+        headers.append(read_header(path))
         check_complete(headers[-1], path)
     return check_series_headers(headers, files, folder, spacing_tolerance)
 
@@ -96,6 +139,9 @@ def check_series_headers(
         raise InvalidScanError(f"{folder}: a localizer (scout), not a volume.")
     if any(t[0] == "DERIVED" for t in image_types):
         raise InvalidScanError(f"{folder}: a derived series (ImageType DERIVED: reformat, MIP or processed copy).")
+    slopes = {float(h.RescaleSlope) if h.get("RescaleSlope") not in (None, "") else 1.0 for h in headers}
+    if any(not np.isfinite(v) or v == 0 for v in slopes):
+        raise InvalidScanError(f"{folder}: RescaleSlope {sorted(slopes)}: a slope of 0 gives every voxel one value.")
     for h, path in zip(headers, files):
         if not hasattr(h, "ImagePositionPatient") or not hasattr(h, "ImageOrientationPatient"):
             raise InvalidScanError(f"{path}: no ImagePositionPatient/ImageOrientationPatient; not a CT slice.")
@@ -108,6 +154,12 @@ def check_series_headers(
         raise InvalidScanError(f"{folder}: slices have different orientations.")
     if len(headers) < 2:
         raise InvalidScanError(f"{folder}: a single slice is a 2D image, not a CT volume.")
+    tilt = stacking_angle_degrees([h.ImagePositionPatient for h in headers], normal)
+    if tilt > MAX_TILT_DEGREES:
+        raise InvalidScanError(
+            f"{folder}: gantry tilt: the slices are stacked {tilt:.1f} degrees off their normal (sheared volume); "
+            "resample it onto an axial grid first."
+        )
     positions = np.sort([float(np.dot(np.asarray(h.ImagePositionPatient, dtype=float), normal)) for h in headers])
     gaps = np.diff(positions)
     if np.any(gaps < 1e-3):
@@ -133,6 +185,16 @@ def check_series_headers(
     }
 
 
+def stacking_angle_degrees(positions: Sequence[Sequence[float]], normal: np.ndarray) -> float:
+    """Angle between the slice normal and the line the slice positions lie on: 0 for a regular volume, the gantry
+    tilt for a tilted acquisition (slices sheared along the table), which the readers would take for a regular one."""
+    positions = np.asarray(positions, dtype=float)
+    along = positions - positions.mean(axis=0)
+    direction = np.linalg.svd(along, full_matrices=False)[2][0]
+    cosine = abs(float(np.dot(direction, normal))) / float(np.linalg.norm(normal))
+    return float(np.degrees(np.arccos(min(1.0, cosine))))
+
+
 def check_ct_volume(
     image: np.ndarray, spacing: Sequence[float], source: str, min_extent_mm: float = MIN_EXTENT_MM
 ) -> None:
@@ -154,9 +216,43 @@ def check_ct_volume(
             "axis; too small to screen (a window is 96 x 96 x 192 mm)."
         )
     values = np.asarray(image)
+    sample = values[:, :: max(1, values.shape[1] // 128), :: max(1, values.shape[2] // 128)]
+    if not np.all(np.isfinite(sample)) or not np.all(np.isfinite(values)):
+        raise InvalidScanError(f"{source}: the image holds NaN or infinite values; not a CT reconstruction.")
+    if float(sample.min()) == float(sample.max()):
+        raise InvalidScanError(f"{source}: every voxel has the same value ({float(sample.min()):.0f}); an empty image.")
+    above = float(np.mean(sample > HU_RANGE[1] + HU_MARGIN))
+    padding = float(sample.min())
+    below = float(np.mean((sample < HU_RANGE[0] - HU_MARGIN) & (sample != padding)))
+    if max(above, below) > MAX_OUT_OF_RANGE_FRACTION:
+        raise InvalidScanError(
+            f"{source}: {100 * max(above, below):.1f} % of the voxels lie outside "
+            f"[{HU_RANGE[0] - HU_MARGIN:.0f}, {HU_RANGE[1] + HU_MARGIN:.0f}] HU, which no CT produces (wrong "
+            "RescaleSlope/RescaleIntercept, or signed pixels read as unsigned)."
+        )
     low, high = np.percentile(values[:, :: max(1, values.shape[1] // 64), :: max(1, values.shape[2] // 64)], [1, 99])
     if not (low < -500 and high > -200):
         raise InvalidScanError(
             f"{source}: intensities (1st-99th percentile {low:.0f} to {high:.0f}) do not look like CT in Hounsfield "
             "units (air near -1000 HU and soft tissue near 0 HU are expected)."
         )
+
+
+def check_image_file(path: Path) -> None:
+    """Checks of a NIfTI file that the readers would paper over: nibabel and ITK read a zero spacing as 1 mm and ITK
+    a negative one as a mirror, ITK reads NaN voxels as 0 and a ``.nii.gz`` cut short as zeros."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    try:
+        with nib.openers.ImageOpener(path) as f:
+            raw = nib.Nifti1Header.from_fileobj(f, check=False)  # as written, before nibabel repairs it
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)
+    except Exception as e:  # noqa: BLE001 - nibabel and gzip raise several types for broken files
+        raise InvalidScanError(f"{path}: unreadable or incomplete NIfTI file ({type(e).__name__}: {e}).") from e
+    spacing = np.asarray(raw["pixdim"][1:4], dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InvalidScanError(f"{path}: voxel spacing {spacing.tolist()} in the NIfTI header; it must be positive.")
+    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise InvalidScanError(f"{path}: the image holds NaN or infinite values; not a CT reconstruction.")

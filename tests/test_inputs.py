@@ -306,6 +306,17 @@ def test_weights_corrupt(networks, tmp_path):
     assert str(corrupt) in str(err.value) and "cannot read weights" in str(err.value)
 
 
+def test_weights_with_nan_are_refused_and_the_networks_untouched(networks, tmp_path):
+    glance, focus = networks["small"]
+    state = {"glance": glance.state_dict(), "focus": {k: torch.full_like(v, float("nan")) if v.is_floating_point()
+                                                      else v for k, v in focus.state_dict().items()}}  # fmt: skip
+    torch.save(state, tmp_path / "model.pt")
+    before = [p.clone() for p in focus.parameters()]
+    with pytest.raises(WeightsError, match="focus tensor.* hold NaN or infinity"):
+        load_weights(tmp_path / "model.pt", glance, focus)
+    assert all(torch.equal(a, b) for a, b in zip(before, focus.parameters()))
+
+
 class _NotATensor:
     """An arbitrary pickled object: ``torch.load(weights_only=True)`` must refuse it."""
 

@@ -1,0 +1,100 @@
+"""The refusal policy of bundle inference (``python -m monai.bundle run``), the same as the Deploy app's.
+
+A scan that cannot be screened (``bundle.validation``: wrong modality, gaps, gantry tilt, values no CT produces,
+unreadable file, ...) is refused with one line naming it and the reason; the other scans of the input are still
+screened, and the run ends with the app's exit status: 0 all screened, 3 none, 4 some (docs/deploy.md). Refusals
+found from headers are listed up front by ``bundle.data.screening_inputs``; those found once the pixels are read
+(the value checks of ``ValidateCTd``) by ``ScreeningDataset``; ``ScreeningEvaluator`` skips refused items, logs
+them and ends the run with the status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from monai.data import Dataset
+from monai.engines import SupervisedEvaluator
+
+from bundle.data import REFUSED, refused_item
+from bundle.validation import ExitStatus, InvalidScanError
+
+__all__ = ["ScreeningDataset", "ScreeningEvaluator", "refusal_of", "require_writable"]
+
+logger = logging.getLogger("gf_screen.screening")
+
+
+def refusal_of(error: BaseException) -> InvalidScanError | None:
+    """The ``InvalidScanError`` behind an error (MONAI's ``Compose`` wraps a transform's error in a RuntimeError)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, InvalidScanError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class ScreeningDataset(Dataset):
+    """``monai.data.Dataset`` whose refused items (listed up front, or failing a value check once read) come out as
+    ``{image, id, refused, status}`` instead of raising, so one bad scan does not stop the others."""
+
+    def _transform(self, index: int):
+        item = self.data[index]
+        if REFUSED in item:
+            return dict(item)
+        try:
+            return super()._transform(index)
+        except Exception as e:
+            refusal = refusal_of(e)
+            if refusal is None:  # not a scan problem: a bug or the environment, which must not pass for a refusal
+                raise
+            return refused_item(item["image"], item["id"], str(refusal))
+
+
+class ScreeningEvaluator(SupervisedEvaluator):
+    """``SupervisedEvaluator`` that passes refused items by (one log line each, nothing written for them) and ends
+    the run with the front doors' exit status."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: list[tuple[str, str, int]] = []
+        self.screened = 0
+
+    def _iteration(self, engine, batchdata):
+        if REFUSED in batchdata:
+            for case_id, reason, status in zip(batchdata["id"], batchdata[REFUSED], batchdata["status"]):
+                logger.error("Not screened: %s: %s", case_id, reason)
+                self.refused.append((str(case_id), str(reason), int(status)))
+            return {}
+        self.screened += 1
+        return super()._iteration(engine, batchdata)
+
+    def exit_status(self) -> int:
+        if not self.refused:
+            return ExitStatus.OK
+        if self.screened:
+            return ExitStatus.PARTIAL
+        return max(status for _, _, status in self.refused)
+
+    def finish(self) -> None:
+        """Say what was screened and refused; leave with the exit status when it is not 0."""
+        status = self.exit_status()
+        logger.info("Screened %d scan(s), refused %d; exit status %d.", self.screened, len(self.refused), status)
+        if status != ExitStatus.OK:
+            raise SystemExit(status)
+
+
+def require_writable(folder: str | os.PathLike) -> str:
+    """The output folder, created and proven writable before anything is screened (a read-only or missing mount is
+    found now, not after an hour of inference); exit status 2 with one line otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        logger.error("Output folder %s is not writable: %s", folder, e.strerror or e)
+        raise SystemExit(ExitStatus.USAGE) from None
+    return str(folder)
