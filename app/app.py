@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None, report: RunReport | None = None) -> int:
     GFScreenApp(ctx, model, report).run()
     for message in report.rejected_series:
         logger.info("Not screened: %s", message)
+    for case in report.cases:
+        if not case.ok:
+            logger.info("Not screened: %s: %s", case.case_id, case.error)
     status = report.exit_status()
     screened = [c.case_id for c in report.cases if c.ok]
     logger.info("Screened %d case(s), %d output folder(s); exit status %d.", len(screened), len(report.written), status)

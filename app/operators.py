@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import torch
 from monai.data import MetaTensor
 from monai.deploy.core import Fragment, Operator, OperatorSpec
@@ -21,7 +22,15 @@ from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeO
 from app.cases import Case, DicomSource, RunReport, Screened, Selection
 from app.model import BundleModel
 from bundle.data import IMAGE_SUFFIXES, case_id_of
-from bundle.validation import InvalidScanError, check_complete, check_series_headers, is_dicom_file, read_header
+from bundle.screening import refusal_of
+from bundle.validation import (
+    InvalidScanError,
+    check_complete,
+    check_image_file,
+    check_series_headers,
+    is_dicom_file,
+    read_header,
+)
 
 __all__ = [
     "StageOperator",
@@ -71,8 +80,10 @@ class StageOperator(Operator):
             try:
                 self.process(case)
             except Exception as e:  # one case's failure is reported and must not stop the others
-                logger.debug("%s: %s failed", case.case_id, self.stage, exc_info=True)
-                case.fail(self.stage, f"{type(e).__name__}: {e}" if not isinstance(e, InvalidScanError) else str(e))
+                refusal = refusal_of(e)  # a refused scan (MONAI's Compose wraps it): its reason, no traceback
+                if refusal is None:
+                    logger.debug("%s: %s failed", case.case_id, self.stage, exc_info=True)
+                case.fail(self.stage, str(refusal) if refusal is not None else f"{type(e).__name__}: {e}")
             case.timings[self.stage] = round(time.perf_counter() - t, 3)
         self.finish(cases)
         self.report.stage_seconds[self.stage] = round(time.perf_counter() - t0, 3)
@@ -103,7 +114,7 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
         self.report.stage_seconds["load"] = round(time.perf_counter() - t0, 3)
 
     def _load_data(self, files: list[str]):
-        usable, not_dicom = [], Counter()
+        usable, not_dicom, corrupt = [], Counter(), defaultdict(list)
         for name in sorted(files):
             path = Path(name)
             if not is_dicom_file(path):
@@ -118,13 +129,42 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
                 if getattr(header, "SeriesNumber", None) is None:
                     raise InvalidScanError("no SeriesNumber (the SDK's loader drops such instances)")
             except (InvalidScanError, ValueError, TypeError, AttributeError) as e:  # the last: senseless values
-                logger.warning("Ignored corrupt DICOM file %s: %s", path.name, str(e).replace(str(path), path.name))
+                corrupt[str(e).replace(f"{path}: ", "").replace(str(path), path.name)].append(path.name)
                 continue
-            usable.append(name)
+            usable.append((name, header))
+        for reason, names in corrupt.items():  # one line per reason, not one per file of a whole broken series
+            shown = ", ".join(names[:3]) + (f", ... ({len(names)} files)" if len(names) > 3 else "")
+            logger.warning("Ignored corrupt DICOM file(s) %s: %s", shown, reason)
         if not_dicom:  # routine (sidecars, READMEs): one line for all of them
             kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(not_dicom.items()))
             logger.info("Ignored %d file(s) that are not DICOM: %s.", sum(not_dicom.values()), kinds)
-        return super()._load_data(usable)
+        return super()._load_data(self._without_duplicate_slices(usable))
+
+    def _without_duplicate_slices(self, usable: list[tuple[str, pydicom.Dataset]]) -> list[str]:
+        """Drop every series with two files at one slice position (a copied file among them): the SDK keeps one of
+        them silently, so the check of the selector would never see it. Refused as the bundle refuses it."""
+        by_series: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
+        for name, header in usable:
+            by_series.setdefault(str(header.SeriesInstanceUID), []).append((name, header))
+        kept = []
+        for uid, members in by_series.items():
+            seen: dict[tuple, str] = {}
+            duplicate = None
+            for name, header in members:
+                key = tuple(np.round(np.asarray(header.get("ImagePositionPatient") or [], dtype=float), 3))
+                if key and key in seen:
+                    duplicate = (Path(seen[key]).name, Path(name).name)
+                    break
+                seen[key] = name
+            if duplicate is None:
+                kept.extend(name for name, _ in members)
+                continue
+            message = (
+                f"series {uid} ({len(members)} files): duplicate slice positions ({duplicate[0]} and {duplicate[1]})"
+            )
+            self.report.rejected_series.append(message)
+            logger.warning("Skipped %s", message)
+        return kept
 
 
 DERIVED_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "RTSTRUCT", "REG"})
@@ -266,6 +306,11 @@ class NiftiCasesOperator(Operator):
         path = self.input_path
         files = [path] if path.is_file() else sorted(p for p in path.iterdir() if is_nifti(p))
         cases = [Case(case_id=case_id_of(f), source=str(f), data={"image": str(f), "id": case_id_of(f)}) for f in files]
+        for case, file in zip(cases, files):
+            try:
+                check_image_file(file)  # the bundle's own up-front NIfTI checks (bundle.data.screening_inputs)
+            except InvalidScanError as e:
+                case.fail("input", str(e))
         if not cases:
             logger.error("No NIfTI scan in %s.", path)
         self.report.cases.extend(cases)

@@ -181,12 +181,14 @@ def test_truncated_dicom_file(lidc_series, size, reason):
 def test_garbage_nifti(preprocessing, tmp_path):
     garbage = tmp_path / "garbage.nii.gz"
     garbage.write_bytes(np.random.default_rng(0).bytes(4096))
-    items = list_inputs(garbage)  # only the suffix is known up front; loading must fail
+    with pytest.raises(InvalidScanError, match="unreadable or incomplete NIfTI file") as err:
+        list_inputs(garbage)  # NIfTI files are read once up front: garbage is refused before the run
+    assert str(garbage) in str(err.value)
+    garbage.rename(tmp_path / "garbage.nrrd")  # other formats are left to the reader, which must fail
     with pytest.raises(RuntimeError) as err:
-        preprocessing(items[0])
+        preprocessing(list_inputs(tmp_path / "garbage.nrrd")[0])
     text = _chain_text(err.value)
-    assert str(garbage) in text
-    assert "cannot find a suitable reader" in text
+    assert "garbage.nrrd" in text and "cannot find a suitable reader" in text
 
 
 # ------------------------------------------------------------------------------------------ volume checks (ValidateCTd)
@@ -372,7 +374,7 @@ def _bad_dicom_folder(shared_data, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("bad", ["2d_nifti", "truncated_dicom"])
-def test_inference_workflow_writes_nothing(shared_data, example_ct, tmp_path, bad):
+def test_inference_workflow_refuses_and_writes_nothing(shared_data, example_ct, tmp_path, bad):
     inputs, output_dir = tmp_path / "inputs", tmp_path / "out"
     culprit = _bad_2d_scan(example_ct, inputs) if bad == "2d_nifti" else _bad_dicom_folder(shared_data, inputs)
     workflow = ConfigWorkflow(
@@ -389,11 +391,12 @@ def test_inference_workflow_writes_nothing(shared_data, example_ct, tmp_path, ba
         amp=False,
         handlers=[],
     )
-    with pytest.raises(Exception) as err:
-        workflow.initialize()
+    workflow.initialize()
+    with pytest.raises(SystemExit) as err:  # refused with its reason, nothing screenable: the app's exit status 3
         workflow.run()
-    error = _in_chain(err.value, InvalidScanError)
-    assert str(culprit) in str(error)
+    assert err.value.code == 3
+    ((case_id, reason, status),) = workflow.parser.get_parsed_content("evaluator").refused
+    assert str(culprit) in reason and status == 3
     assert _files_under(output_dir) == []
 
 
