@@ -248,3 +248,18 @@ def test_findings_json_is_the_bundles(lidc_run):
     # the DICOM outputs have a folder of their own: all an exporter takes, nothing else in it
     assert sorted(p.name for p in (folder / "dicom").iterdir()) == ["seg.dcm", "sr.dcm"]
     assert sorted(p.name for p in folder.iterdir() if p.is_file()) == [p.name for p in folder.glob("*_findings.json")]
+
+
+def test_same_input_twice_gives_identical_pixels_and_findings(lidc, model_dir, lidc_run, tmp_path):
+    """Screening is deterministic: a second run on the same series gives the same SEG pixel data, segments and
+    findings; only the instance's identity (SOP Instance UID, times) is new, in the same output series."""
+    _, first = lidc_run
+    proc = run_app(lidc, tmp_path / "again", model_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = output_of(tmp_path / "again")
+    a, b = (pydicom.dcmread(folder / "dicom/seg.dcm") for folder in (first, second))
+    assert a.PixelData == b.PixelData and a.NumberOfFrames == b.NumberOfFrames
+    assert [s.SegmentLabel for s in a.SegmentSequence] == [s.SegmentLabel for s in b.SegmentSequence]
+    assert a.SeriesInstanceUID == b.SeriesInstanceUID and a.SOPInstanceUID != b.SOPInstanceUID
+    f1, f2 = (json.loads(next(folder.glob("*_findings.json")).read_text()) for folder in (first, second))
+    assert f1["lesions"] == f2["lesions"] and f1["suspicion_score"] == f2["suspicion_score"]
