@@ -84,7 +84,7 @@ class LoopbackOrthanc:
         )
         self.client = ThreadPoolExecutor(1, initializer=self._join_namespace)
         try:
-            self.wait(lambda: self.get("/gf-screen/status") is not None, 60, "Orthanc with the gateway to start")
+            self.wait(lambda: self.get("/gf-screen/status") is not None, 120, "Orthanc with the gateway to start")
         except Exception:
             self.__exit__(None, None, None)
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -30,10 +31,8 @@ def measure(series: Path, model: Path, stable_age: int) -> dict:
     files = sorted(p for p in series.iterdir() if p.is_file() and p.suffix == ".dcm")
     study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     seconds: dict[str, float] = {}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        LoopbackOrthanc(Path(tmp), sys.executable, ROOT, model, stable_age) as pacs,
-    ):
+    work = Path(tempfile.mkdtemp(prefix="gf-screen-gateway-"))  # kept when something fails: orthanc.log is there
+    with LoopbackOrthanc(work, sys.executable, ROOT, model, stable_age) as pacs:
         start = time.perf_counter()
         pacs.c_store(files)
         seconds["c_store_in"] = time.perf_counter() - start
@@ -52,6 +51,7 @@ def measure(series: Path, model: Path, stable_age: int) -> dict:
         for item in items:
             pacs.wado(study, item["0020000E"]["Value"][0], item["00080018"]["Value"][0])
         seconds["wado_rs_seg_and_sr"] = time.perf_counter() - start
+    shutil.rmtree(work)
     return {
         "series": str(series),
         "slices": len(files),
