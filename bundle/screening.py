@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from monai.data import Dataset
@@ -61,6 +63,21 @@ class ScreeningEvaluator(SupervisedEvaluator):
         super().__init__(*args, **kwargs)
         self.refused: list[tuple[str, str, int]] = []
         self.screened = 0
+
+    def run(self) -> None:
+        """SIGTERM (a scheduler's stop, ``kill``) ends the run as Ctrl-C does, with an exception: the scan being
+        written loses its staging folder in the writer's ``finally``, so nothing half-written or empty stays."""
+
+        def stop(signum, frame):
+            raise SystemExit(128 + signum)
+
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, stop) if main else None
+        try:
+            super().run()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def _iteration(self, engine, batchdata):
         if REFUSED in batchdata:

@@ -7,7 +7,9 @@ inference config uses: ``bundle.data.list_inputs`` (DICOM checks up front), the 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +20,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import MetaTensor
 
+from bundle import writers
 from bundle.checkpoint import WeightsError, load_weights
 from bundle.data import list_inputs
 from bundle.transforms import ValidateCTd
@@ -319,6 +322,26 @@ def test_weights_with_nan_are_refused_and_the_networks_untouched(networks, tmp_p
     assert all(torch.equal(a, b) for a, b in zip(before, focus.parameters()))
 
 
+class _WritesAMarker:
+    """A pickle that runs code when loaded unsafely: it would create ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_weights_pickle_that_runs_code_never_runs(networks, tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save({"glance": _WritesAMarker(marker), "focus": {}}, tmp_path / "model.pt")
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        load_weights(tmp_path / "model.pt", *networks["small"])
+    assert not marker.exists()
+    torch.load(tmp_path / "model.pt", weights_only=False)  # the control: loaded unsafely, the code does run
+    assert marker.exists()
+
+
 class _NotATensor:
     """An arbitrary pickled object: ``torch.load(weights_only=True)`` must refuse it."""
 
@@ -398,6 +421,40 @@ def test_inference_workflow_refuses_and_writes_nothing(shared_data, example_ct, 
     ((case_id, reason, status),) = workflow.parser.get_parsed_content("evaluator").refused
     assert str(culprit) in reason and status == 3
     assert _files_under(output_dir) == []
+
+
+def test_sigterm_while_writing_leaves_nothing(shared_data, tmp_path, monkeypatch):
+    """A SIGTERM that arrives while a scan's outputs are being written ends the run with status 143 and removes the
+    staging folder: no empty case folder, no 0-byte temporary file."""
+    output_dir = tmp_path / "out"
+    workflow = ConfigWorkflow(
+        config_file=CONFIGS,
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(ROOT),
+        input_path=str(shared_data / "totalsegmentator_example" / "example_ct.nii.gz"),
+        output_dir=str(output_dir),
+        ckpt_path=str(tmp_path / "no_weights.pt"),
+        allow_untrained=True,
+        glance_threshold=0.99,
+        device="cpu",
+        amp=False,
+        handlers=[],
+    )
+    workflow.initialize()
+    real_write = writers.atomic_write_json
+
+    def write_then_terminated(*args, **kwargs):
+        real_write(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(writers, "atomic_write_json", write_then_terminated)
+    with pytest.raises(SystemExit) as err:
+        workflow.run()
+    assert err.value.code == 128 + signal.SIGTERM
+    assert list(output_dir.iterdir()) == []  # not even a hidden staging folder
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the run's only
 
 
 def test_atomic_write_json_leaves_no_temp_files(tmp_path):
