@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -20,22 +21,54 @@ from pathlib import Path
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
+from bundle.checkpoint import WeightsError
 from bundle.data import REFUSED, refused_item
 from bundle.validation import ExitStatus, InvalidScanError
 
-__all__ = ["ScreeningDataset", "ScreeningEvaluator", "refusal_of", "require_writable"]
+__all__ = [
+    "ScreeningDataset",
+    "ScreeningEvaluator",
+    "refusal_of",
+    "require_writable",
+    "weights_errors_in_one_line",
+]
 
 logger = logging.getLogger("gf_screen.screening")
 
 
+def _in_chain(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def refusal_of(error: BaseException) -> InvalidScanError | None:
     """The ``InvalidScanError`` behind an error (MONAI's ``Compose`` wraps a transform's error in a RuntimeError)."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, InvalidScanError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return _in_chain(error, InvalidScanError)
+
+
+def weights_errors_in_one_line() -> None:
+    """Bundle inference ends on unusable weights (missing, empty, cut, NaN, another architecture, an unsafe pickle)
+    as the app does: one line and exit status 5, not a traceback of the config parser. Any other error keeps its
+    traceback. Called first by ``configs/inference.yaml``'s ``initialize``."""
+    default = sys.excepthook
+
+    def hook(kind, error, trace):
+        problem = _in_chain(error, WeightsError)
+        if problem is None:
+            default(kind, error, trace)
+            return
+        logger.error("Cannot load the model: %s", problem)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ExitStatus.WEIGHTS)  # the interpreter would exit 1 after any hook
+
+    sys.excepthook = hook
 
 
 class ScreeningDataset(Dataset):

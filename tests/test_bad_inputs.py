@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import torch
 
 from tests.bad_inputs import DICOM_CASES, NIFTI_CASES, build_dicom, build_nifti
 from tests.conftest import ROOT
@@ -106,3 +107,42 @@ def test_app_ignores_files_it_cannot_read_with_one_line_each(runs):
     log = proc.stdout + proc.stderr
     assert len(lines_about(log, "Ignored corrupt DICOM file(s) 000.dcm:", DICOM_CASES["garbage_after_preamble"])) == 1
     assert len(lines_about(log, "Ignored corrupt DICOM file(s) 010.dcm:", "truncated DICOM file")) == 1
+
+
+class _WritesAMarker:
+    """A pickle that would create ``path`` if it were loaded unsafely."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _weights(kind: str, model_dir: Path, folder: Path) -> tuple[Path, Path]:
+    """A broken weights file of ``kind`` made from the test bundle's (real, seeded) ones; and a marker path."""
+    good, path, marker = model_dir / "models/model.pt", folder / "model.pt", folder / "code_ran"
+    if kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "nan":
+        state = torch.load(good, weights_only=True)
+        state["focus"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state["focus"].items()}
+        torch.save(state, path)
+    elif kind == "code_running_pickle":
+        torch.save({"glance": _WritesAMarker(marker), "focus": {}}, path)
+    return path, marker
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "nan", "code_running_pickle"])
+def test_bundle_refuses_unusable_weights_in_one_line(corpus, model_dir, tmp_path, kind):
+    weights, marker = _weights(kind, model_dir, tmp_path)
+    cfg = [str(model_dir / "configs" / n) for n in ("inference.yaml", "small.yaml", "test.json")]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(cfg), "--bundle_root", str(ROOT)]
+    cmd += ["--input_path", str(corpus / "dicom" / "valid"), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd + ["--ckpt_path", str(weights)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 5 and "Traceback" not in log, log[-3000:]
+    assert len(lines_about(log, "Cannot load the model:", str(weights))) == 1
+    assert outputs(tmp_path / "out") == [] and not marker.exists()
