@@ -118,8 +118,18 @@ class ScreeningEvaluator(SupervisedEvaluator):
                 logger.error("Not screened: %s: %s", case_id, reason)
                 self.refused.append((str(case_id), str(reason), int(status)))
             return {}
+        try:
+            output = super()._iteration(engine, batchdata)
+        except Exception as e:
+            failure = _in_chain(e, OSError)  # the writer's: disk full, folder gone; the staging is already removed
+            if failure is None:
+                raise
+            case_id, reason = str(batchdata["id"][0]), f"its outputs could not be written ({failure})"
+            logger.error("Not screened: %s: %s", case_id, reason)
+            self.refused.append((case_id, reason, ExitStatus.NO_SCREENABLE_SERIES))
+            return {}
         self.screened += 1
-        return super()._iteration(engine, batchdata)
+        return output
 
     def exit_status(self) -> int:
         if not self.refused:

@@ -146,3 +146,21 @@ def test_bundle_refuses_unusable_weights_in_one_line(corpus, model_dir, tmp_path
     assert proc.returncode == 5 and "Traceback" not in log, log[-3000:]
     assert len(lines_about(log, "Cannot load the model:", str(weights))) == 1
     assert outputs(tmp_path / "out") == [] and not marker.exists()
+
+
+def test_full_disk_gives_one_line_per_scan_and_nothing_half_written(corpus, model_dir, tmp_path):
+    """Outputs on a file system with no room (a 4 KiB tmpfs): each scan's write fails, is named with the reason,
+    leaves no staging folder or partial file, and the run exits 3 (nothing screened) without a traceback."""
+    out = tmp_path / "full"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(out)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        proc = run_bundle(corpus / "dicom" / "valid", out, model_dir)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 3 and "Traceback" not in log, log[-3000:]
+        assert lines_about(log, "Not screened: valid:", "could not be written") and "No space left" in log
+        assert list(out.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
