@@ -39,6 +39,7 @@ from app.operators import (
     is_nifti,
 )
 from app.writers import FindingsWriterOperator, SegWriterOperator, SRWriterOperator
+from bundle.screening import writable_problem
 from bundle.validation import is_dicom_file
 
 __all__ = ["GFScreenApp", "main", "is_nifti_input"]
@@ -105,6 +106,10 @@ def main(argv: list[str] | None = None, report: RunReport | None = None) -> int:
         device_uid()
     except ValueError as e:
         logger.error("%s", e)
+        return ExitStatus.USAGE
+    problem = writable_problem(ctx.output_path)  # found before the model is loaded, not after the screening
+    if problem is not None:
+        logger.error("%s", problem)
         return ExitStatus.USAGE
     try:
         model = load_bundle(ctx.model_path)

@@ -30,6 +30,7 @@ __all__ = [
     "ScreeningEvaluator",
     "refusal_of",
     "require_writable",
+    "writable_problem",
     "weights_errors_in_one_line",
 ]
 
@@ -146,15 +147,22 @@ class ScreeningEvaluator(SupervisedEvaluator):
             raise SystemExit(status)
 
 
-def require_writable(folder: str | os.PathLike) -> str:
-    """The output folder, created and proven writable before anything is screened (a read-only or missing mount is
-    found now, not after an hour of inference); exit status 2 with one line otherwise."""
-    folder = Path(folder)
+def writable_problem(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` cannot take outputs (created if missing, then a file written and removed), or None."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
-        logger.error("Output folder %s is not writable: %s", folder, e.strerror or e)
-        raise SystemExit(ExitStatus.USAGE) from None
+        return f"output folder {folder} is not writable: {e.strerror or e}"
+    return None
+
+
+def require_writable(folder: str | os.PathLike) -> str:
+    """The output folder, proven writable before anything is screened (a read-only or missing mount is found now,
+    not after an hour of inference); exit status 2 with one line otherwise."""
+    problem = writable_problem(folder)
+    if problem is not None:
+        logger.error("%s", problem)
+        raise SystemExit(ExitStatus.USAGE)
     return str(folder)

@@ -120,3 +120,13 @@ def test_invalid_device_uid_exits_2_before_screening(tmp_path, monkeypatch, root
     assert "GF_SCREEN_DEVICE_UID='1.2.3.x' is not a valid DICOM UID" in capfd.readouterr().err
     monkeypatch.setenv("GF_SCREEN_DEVICE_UID", "1.2.3.4")
     assert main(args) == ExitStatus.WEIGHTS
+
+
+def test_unwritable_output_exits_2_before_loading_the_model(tmp_path, monkeypatch, root_logging, capfd):
+    """As the MAP gets it (``HOLOSCAN_OUTPUT_PATH``); the SDK's own ``-o`` parser creates the folder itself."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "file").write_text("a file where a folder of the output path should be")
+    monkeypatch.setenv("HOLOSCAN_OUTPUT_PATH", str(tmp_path / "file" / "out"))
+    assert main(["app", "-i", str(tmp_path / "in"), "-m", str(tmp_path / "in")]) == ExitStatus.USAGE
+    assert f"output folder {tmp_path / 'file' / 'out'} is not writable" in capfd.readouterr().err
+    assert (tmp_path / "file").read_text() == "a file where a folder of the output path should be"
