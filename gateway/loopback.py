@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -76,14 +77,17 @@ class LoopbackOrthanc:
                 stderr=subprocess.STDOUT,
             )
         self.namespace = f"/proc/{self.orthanc.pid}/ns/net"
-        self.destination = subprocess.Popen(
-            ["nsenter", f"--net={self.namespace}", "storescp", "-aet", DESTINATION_AET, "-od", str(self.received)]
-            + ["-uf", str(DESTINATION_PORT)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.client = ThreadPoolExecutor(1, initializer=self._join_namespace)
+        own = self.host_namespace = os.readlink("/proc/self/ns/net")
         try:
+            # until the child has called unshare its namespace is still ours: joining it then would reach the host
+            self.wait(lambda: os.readlink(self.namespace) != own, 60, "Orthanc's private network namespace", 0.05)
+            self.destination = subprocess.Popen(
+                ["nsenter", f"--net={self.namespace}", "storescp", "-aet", DESTINATION_AET, "-od", str(self.received)]
+                + ["-uf", str(DESTINATION_PORT)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self.client = ThreadPoolExecutor(1, initializer=self._join_namespace)
             self.wait(lambda: self.get("/gf-screen/status") is not None, 120, "Orthanc with the gateway to start")
         except Exception:
             self.__exit__(None, None, None)
@@ -110,6 +114,8 @@ class LoopbackOrthanc:
                 raise OSError(ctypes.get_errno(), "setns into Orthanc's network namespace")
         finally:
             os.close(fd)
+        if os.readlink(f"/proc/self/task/{threading.get_native_id()}/ns/net") == self.host_namespace:
+            raise RuntimeError("the client thread is still in the host's network namespace")
 
     def _in_namespace(self, fn, *args):
         return self.client.submit(fn, *args).result()
