@@ -28,6 +28,7 @@ from bundle.validation import (
     check_complete,
     check_image_file,
     check_series_headers,
+    duplicate_slices,
     is_dicom_file,
     read_header,
 )
@@ -141,27 +142,21 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
         return super()._load_data(self._without_duplicate_slices(usable))
 
     def _without_duplicate_slices(self, usable: list[tuple[str, pydicom.Dataset]]) -> list[str]:
-        """Drop every series with two files at one slice position (a copied file among them): the SDK keeps one of
-        them silently, so the check of the selector would never see it. Refused as the bundle refuses it."""
-        by_series: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
+        """Drop every series with two files at one slice position (``bundle.validation.duplicate_slices``, the
+        check of the series policy): the SDK keeps one of them silently, so the selector would never see it."""
+        by_series: dict[str, list[tuple[str, pydicom.Dataset]]] = defaultdict(list)
         for name, header in usable:
-            by_series.setdefault(str(header.SeriesInstanceUID), []).append((name, header))
+            by_series[str(header.SeriesInstanceUID)].append((name, header))
         kept = []
         for uid, members in by_series.items():
-            seen: dict[tuple, str] = {}
-            duplicate = None
-            for name, header in members:
-                key = tuple(np.round(np.asarray(header.get("ImagePositionPatient") or [], dtype=float), 3))
-                if key and key in seen:
-                    duplicate = (Path(seen[key]).name, Path(name).name)
-                    break
-                seen[key] = name
-            if duplicate is None:
+            headers = [header for _, header in members]
+            placed = all("ImagePositionPatient" in h and "ImageOrientationPatient" in h for h in headers)
+            pair = duplicate_slices(headers) if placed else None  # unplaced slices: the selector refuses them
+            if pair is None:
                 kept.extend(name for name, _ in members)
                 continue
-            message = (
-                f"series {uid} ({len(members)} files): duplicate slice positions ({duplicate[0]} and {duplicate[1]})"
-            )
+            first, second = (Path(members[i][0]).name for i in pair)
+            message = f"series {uid} ({len(members)} files): duplicate slice positions ({first} and {second})"
             self.report.rejected_series.append(message)
             logger.warning("Skipped %s", message)
         return kept

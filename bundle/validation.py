@@ -18,6 +18,7 @@ __all__ = [
     "check_dicom_series",
     "check_series_headers",
     "check_ct_volume",
+    "duplicate_slices",
     "is_dicom_file",
     "read_header",
     "stacking_angle_degrees",
@@ -160,10 +161,10 @@ def check_series_headers(
             f"{folder}: gantry tilt: the slices are stacked {tilt:.1f} degrees off their normal (sheared volume); "
             "resample it onto an axial grid first."
         )
+    if duplicate_slices(headers) is not None:
+        raise InvalidScanError(f"{folder}: duplicate slice positions.")
     positions = np.sort([float(np.dot(np.asarray(h.ImagePositionPatient, dtype=float), normal)) for h in headers])
     gaps = np.diff(positions)
-    if np.any(gaps < 1e-3):
-        raise InvalidScanError(f"{folder}: duplicate slice positions.")
     step = float(np.median(gaps))
     if np.any(np.abs(gaps - step) > spacing_tolerance * step):
         worst = float(gaps[np.argmax(np.abs(gaps - step))])
@@ -183,6 +184,16 @@ def check_series_headers(
         "slice_spacing_mm": step,
         "body_part": str(getattr(first, "BodyPartExamined", "")).upper(),
     }
+
+
+def duplicate_slices(headers: Sequence[pydicom.Dataset]) -> tuple[int, int] | None:
+    """Indices of two slices at one position along the slice normal (a copied file among them), or None."""
+    orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = [float(np.dot(np.asarray(h.ImagePositionPatient, dtype=float), normal)) for h in headers]
+    order = np.argsort(positions, kind="stable")
+    close = np.flatnonzero(np.diff(np.asarray(positions)[order]) < 1e-3)
+    return (int(order[close[0]]), int(order[close[0] + 1])) if close.size else None
 
 
 def stacking_angle_degrees(positions: Sequence[Sequence[float]], normal: np.ndarray) -> float:

@@ -261,7 +261,7 @@ class Gateway:
         orthanc.LogError(f"GF-Screen: {label} not screened; the study stays in Orthanc: {reason}")
         for series in ct:
             _mark(series["ID"], {"status": FAILED, "reason": reason, "seconds": timings})
-        self.counts[FAILED] += 1
+            self.counts[FAILED] += 1  # per series, as _record counts
 
     def _keep(self, output: Path, study_uid: str) -> None:
         """Move the app's case folders (findings JSON + DICOM) to OutputDir/<StudyInstanceUID>/ when configured."""

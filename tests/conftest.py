@@ -27,3 +27,13 @@ def reduced_datalist(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(reduced))
     return path
+
+
+class WritesAMarker:
+    """A pickle that runs code when loaded unsafely: it would create ``path`` (weights tests check it never runs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))

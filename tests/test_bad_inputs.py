@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.bad_inputs import DICOM_CASES, NIFTI_CASES, build_dicom, build_nifti
-from tests.conftest import ROOT
+from tests.conftest import ROOT, WritesAMarker
 from tests.test_app import TEST_OVERRIDES, make_bundle, run_app
 
 PARTIAL = 4
@@ -109,16 +109,6 @@ def test_app_ignores_files_it_cannot_read_with_one_line_each(runs):
     assert len(lines_about(log, "Ignored corrupt DICOM file(s) 010.dcm:", "truncated DICOM file")) == 1
 
 
-class _WritesAMarker:
-    """A pickle that would create ``path`` if it were loaded unsafely."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
-
-
 def _weights(kind: str, model_dir: Path, folder: Path) -> tuple[Path, Path]:
     """A broken weights file of ``kind`` made from the test bundle's (real, seeded) ones; and a marker path."""
     good, path, marker = model_dir / "models/model.pt", folder / "model.pt", folder / "code_ran"
@@ -131,7 +121,7 @@ def _weights(kind: str, model_dir: Path, folder: Path) -> tuple[Path, Path]:
         state["focus"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state["focus"].items()}
         torch.save(state, path)
     elif kind == "code_running_pickle":
-        torch.save({"glance": _WritesAMarker(marker), "focus": {}}, path)
+        torch.save({"glance": WritesAMarker(marker), "focus": {}}, path)
     return path, marker
 
 

@@ -26,6 +26,7 @@ from bundle.data import list_inputs
 from bundle.transforms import ValidateCTd
 from bundle.validation import InvalidScanError, check_dicom_series
 from bundle.writers import SaveScanOutputsd, atomic_write_json
+from tests.conftest import WritesAMarker
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [str(ROOT / "configs" / "inference.yaml"), str(ROOT / "configs" / "small.yaml")]
@@ -322,19 +323,9 @@ def test_weights_with_nan_are_refused_and_the_networks_untouched(networks, tmp_p
     assert all(torch.equal(a, b) for a, b in zip(before, focus.parameters()))
 
 
-class _WritesAMarker:
-    """A pickle that runs code when loaded unsafely: it would create ``path``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
-
-
 def test_weights_pickle_that_runs_code_never_runs(networks, tmp_path):
     marker = tmp_path / "code_ran"
-    torch.save({"glance": _WritesAMarker(marker), "focus": {}}, tmp_path / "model.pt")
+    torch.save({"glance": WritesAMarker(marker), "focus": {}}, tmp_path / "model.pt")
     with pytest.raises(WeightsError, match="cannot read weights"):
         load_weights(tmp_path / "model.pt", *networks["small"])
     assert not marker.exists()
@@ -396,25 +387,32 @@ def _bad_dicom_folder(shared_data, folder: Path) -> Path:
     return victim
 
 
-@pytest.mark.parametrize("bad", ["2d_nifti", "truncated_dicom"])
-def test_inference_workflow_refuses_and_writes_nothing(shared_data, example_ct, tmp_path, bad):
-    inputs, output_dir = tmp_path / "inputs", tmp_path / "out"
-    culprit = _bad_2d_scan(example_ct, inputs) if bad == "2d_nifti" else _bad_dicom_folder(shared_data, inputs)
+def _untrained_inference(input_path: Path, output_dir: Path, tmp_path: Path, **overrides) -> ConfigWorkflow:
+    """Bundle inference in-process (configs/inference.yaml + small.yaml) on CPU with untrained networks, initialized."""
     workflow = ConfigWorkflow(
         config_file=CONFIGS,
         meta_file=str(ROOT / "configs" / "metadata.json"),
         logging_file=False,
         workflow_type="infer",
         bundle_root=str(ROOT),
-        input_path=str(inputs),
+        input_path=str(input_path),
         output_dir=str(output_dir),
         ckpt_path=str(tmp_path / "no_weights.pt"),
         allow_untrained=True,
         device="cpu",
         amp=False,
         handlers=[],
+        **overrides,
     )
     workflow.initialize()
+    return workflow
+
+
+@pytest.mark.parametrize("bad", ["2d_nifti", "truncated_dicom"])
+def test_inference_workflow_refuses_and_writes_nothing(shared_data, example_ct, tmp_path, bad):
+    inputs, output_dir = tmp_path / "inputs", tmp_path / "out"
+    culprit = _bad_2d_scan(example_ct, inputs) if bad == "2d_nifti" else _bad_dicom_folder(shared_data, inputs)
+    workflow = _untrained_inference(inputs, output_dir, tmp_path)
     with pytest.raises(SystemExit) as err:  # refused with its reason, nothing screenable: the app's exit status 3
         workflow.run()
     assert err.value.code == 3
@@ -427,22 +425,8 @@ def test_sigterm_while_writing_leaves_nothing(shared_data, tmp_path, monkeypatch
     """A SIGTERM that arrives while a scan's outputs are being written ends the run with status 143 and removes the
     staging folder: no empty case folder, no 0-byte temporary file."""
     output_dir = tmp_path / "out"
-    workflow = ConfigWorkflow(
-        config_file=CONFIGS,
-        meta_file=str(ROOT / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(ROOT),
-        input_path=str(shared_data / "totalsegmentator_example" / "example_ct.nii.gz"),
-        output_dir=str(output_dir),
-        ckpt_path=str(tmp_path / "no_weights.pt"),
-        allow_untrained=True,
-        glance_threshold=0.99,
-        device="cpu",
-        amp=False,
-        handlers=[],
-    )
-    workflow.initialize()
+    example = shared_data / "totalsegmentator_example" / "example_ct.nii.gz"
+    workflow = _untrained_inference(example, output_dir, tmp_path, glance_threshold=0.99)
     real_write = writers.atomic_write_json
 
     def write_then_terminated(*args, **kwargs):

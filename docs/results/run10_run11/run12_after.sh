@@ -1,31 +1,5 @@
 #!/usr/bin/env bash
-# After stage 5: the new model's operating point on the tuning split, then the test split with the same command as
-# the shipped model (screen with nothing dropped, evaluate at the calibrated lesion_min_score), and Glance's window
-# ranking on the test split. One torch process at a time.
-# Shipping rule, written before any test figure was seen: the new model ships when, on the test split, its lesion
-# sensitivity and mean DSC are both above the shipped model's (1/11, 0.074) at <= 1.0 false positives per scan, and
-# it still finds lung1's nodule (the split's one chest lesion, the README's demo scan: this is a chest and abdomen
-# screening model).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. .venv/bin/activate
-NEW=${NEW:-runs/model12/models/model.pt}
-OUT=${OUT:-runs/model12}
-CFGS="--config_file configs/inference.yaml --config_file configs/small.yaml --config_file runs/model11/stride2.yaml"
-echo "== operating point on the tuning split $(date)"
-rm -f $OUT/operating_point.yaml
-python -m bundle.calibrate $CFGS --ckpt_path $NEW --split validation --target_sensitivity 0.95 \
-    --lesion_max_fp_per_scan 1 --output $OUT/calibration.json --write_config $OUT/operating_point.yaml \
-    > $OUT/calibration.log 2>&1 || echo "calibration exit $?"
-G=$(python -c "import yaml; print(yaml.safe_load(open('$OUT/operating_point.yaml'))['glance_threshold'])")
-T=$(python -c "import yaml; print(yaml.safe_load(open('$OUT/operating_point.yaml')).get('lesion_min_score', 0.5))")
-echo "== test split (glance_threshold $G, lesion_min_score $T) $(date)"
-mkdir -p $OUT/eval_test
-python -m monai.bundle run evaluating \
-    --config_file "['configs/inference.yaml','configs/small.yaml','runs/model11/stride2.yaml','configs/evaluate.yaml']" \
-    --ckpt_path $NEW --glance_threshold $G --lesion_min_score 0.5 --evaluation_min_score $T \
-    --output_dir $OUT/eval_test > $OUT/eval_test/log.txt 2>&1
-echo "== Glance on the test split $(date)"
-python -m bundle.calibrate $CFGS --ckpt_path $NEW --split test --target_sensitivity 0.95 \
-    --output $OUT/eval_test/glance_test.json > $OUT/eval_test/glance_test.log 2>&1
-echo "== done $(date)"
+# After run 12: run 11's after script (run11_after.sh beside this file, runs/model11/after.sh in the project), with
+# the same calibration and test-split commands and the same pre-registered shipping rule, on run 12's weights. From
+# the project root:
+NEW=runs/model12/models/model.pt OUT=runs/model12 runs/model11/after.sh
