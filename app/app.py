@@ -39,7 +39,7 @@ from app.operators import (
     is_nifti,
 )
 from app.writers import FindingsWriterOperator, SegWriterOperator, SRWriterOperator
-from bundle.screening import writable_problem
+from bundle.screening import output_folder_problem
 from bundle.validation import is_dicom_file
 
 __all__ = ["GFScreenApp", "main", "is_nifti_input"]
@@ -97,7 +97,11 @@ class GFScreenApp(Application):
 def main(argv: list[str] | None = None, report: RunReport | None = None) -> int:
     """Run the app once; return the exit status (docs/deploy.md): 0 all screened, 3 nothing screenable, 4 some."""
     argv = list(sys.argv if argv is None else argv)
-    ctx = init_app_context(argv)
+    try:
+        ctx = init_app_context(argv)
+    except OSError as e:  # the SDK's argument parser creates -o (and a missing -w) itself, before the app sees them
+        logger.error("Cannot create %s: %s (give a writable -o or HOLOSCAN_OUTPUT_PATH).", e.filename, e.strerror)
+        return ExitStatus.USAGE
     input_path = Path(ctx.input_path)
     if not input_path.exists():
         logger.error("Input %s does not exist (give -i or HOLOSCAN_INPUT_PATH).", input_path)
@@ -107,10 +111,10 @@ def main(argv: list[str] | None = None, report: RunReport | None = None) -> int:
     except ValueError as e:
         logger.error("%s", e)
         return ExitStatus.USAGE
-    problem = writable_problem(ctx.output_path)  # found before the model is loaded, not after the screening
+    problem = output_folder_problem(ctx.output_path)  # writable, and ours: before the model is loaded
     if problem is not None:
-        logger.error("%s", problem)
-        return ExitStatus.USAGE
+        logger.error("%s", problem[0])
+        return problem[1]
     try:
         model = load_bundle(ctx.model_path)
     except (ModelPathError, WeightsError) as e:

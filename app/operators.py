@@ -24,13 +24,13 @@ from app.model import BundleModel
 from bundle.data import IMAGE_SUFFIXES, case_id_of
 from bundle.screening import refusal_of
 from bundle.validation import (
+    DERIVED_MODALITIES,
     InvalidScanError,
-    check_complete,
     check_image_file,
     check_series_headers,
     duplicate_slices,
-    is_dicom_file,
-    read_header,
+    series_rank,
+    sort_dicom_files,
 )
 
 __all__ = [
@@ -47,9 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("gf_screen.app")
-
-REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-"""Identifiers every input instance needs: the SEG and SR reference the study, the series and each slice."""
 
 
 class StageOperator(Operator):
@@ -115,36 +112,14 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
         self.report.stage_seconds["load"] = round(time.perf_counter() - t0, 3)
 
     def _load_data(self, files: list[str]):
-        usable, not_dicom, corrupt = [], Counter(), defaultdict(list)
-        for name in sorted(files):
-            path = Path(name)
-            if not is_dicom_file(path):
-                not_dicom["".join(path.suffixes[-2:]) or path.name] += 1  # e.g. the gateway's .dcm.json sidecars
-                continue
-            try:
-                header = read_header(path)
-                check_complete(header, path)
-                missing = [t for t in REQUIRED_UIDS if not str(getattr(header, t, "") or "").strip()]
-                if missing:
-                    raise InvalidScanError(f"empty {', '.join(missing)}: outputs could not reference it")
-                if getattr(header, "SeriesNumber", None) is None:
-                    raise InvalidScanError("no SeriesNumber (the SDK's loader drops such instances)")
-            except (InvalidScanError, ValueError, TypeError, AttributeError) as e:  # the last: senseless values
-                corrupt[str(e).replace(f"{path}: ", "").replace(str(path), path.name)].append(path.name)
-                continue
-            usable.append((name, header))
-        for reason, names in corrupt.items():  # one line per reason, not one per file of a whole broken series
-            shown = ", ".join(names[:3]) + (f", ... ({len(names)} files)" if len(names) > 3 else "")
-            logger.warning("Ignored corrupt DICOM file(s) %s: %s", shown, reason)
-        if not_dicom:  # routine (sidecars, READMEs): one line for all of them
-            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(not_dicom.items()))
-            logger.info("Ignored %d file(s) that are not DICOM: %s.", sum(not_dicom.values()), kinds)
-        return super()._load_data(self._without_duplicate_slices(usable))
+        sorted_files = sort_dicom_files(files)
+        sorted_files.log(logger)
+        return super()._load_data(self._without_duplicate_slices(sorted_files.usable))
 
-    def _without_duplicate_slices(self, usable: list[tuple[str, pydicom.Dataset]]) -> list[str]:
+    def _without_duplicate_slices(self, usable: list[tuple[Path, pydicom.Dataset]]) -> list[str]:
         """Drop every series with two files at one slice position (``bundle.validation.duplicate_slices``, the
         check of the series policy): the SDK keeps one of them silently, so the selector would never see it."""
-        by_series: dict[str, list[tuple[str, pydicom.Dataset]]] = defaultdict(list)
+        by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
         for name, header in usable:
             by_series[str(header.SeriesInstanceUID)].append((name, header))
         kept = []
@@ -153,17 +128,13 @@ class CheckedDICOMLoaderOperator(DICOMDataLoaderOperator):
             placed = all("ImagePositionPatient" in h and "ImageOrientationPatient" in h for h in headers)
             pair = duplicate_slices(headers) if placed else None  # unplaced slices: the selector refuses them
             if pair is None:
-                kept.extend(name for name, _ in members)
+                kept.extend(str(name) for name, _ in members)
                 continue
             first, second = (Path(members[i][0]).name for i in pair)
             message = f"series {uid} ({len(members)} files): duplicate slice positions ({first} and {second})"
             self.report.rejected_series.append(message)
             logger.warning("Skipped %s", message)
         return kept
-
-
-DERIVED_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "RTSTRUCT", "REG"})
-"""Series that are results about images, not images: routine in a study (earlier runs' SEG and SR among them)."""
 
 
 def _modality(series) -> str:
@@ -223,7 +194,7 @@ class CTSeriesSelectorOperator(Operator):
                     self.report.rejected_series.append(message)
                     logger.warning("Skipped %s", message)
                 else:
-                    candidates.append((info["slice_spacing_mm"], -info["n_slices"], series.SeriesInstanceUID, series))
+                    candidates.append((series_rank(info, series.SeriesInstanceUID), series))
             if derived:
                 kinds = ", ".join(f"{n} {modality}" for modality, n in sorted(derived.items()))
                 logger.info("Study %s: not images, not screened: %s series.", study.StudyInstanceUID, kinds)
@@ -231,7 +202,7 @@ class CTSeriesSelectorOperator(Operator):
                 self.report.studies_without_series.append(study.StudyInstanceUID)
                 logger.error("Study %s: no CT series that can be screened.", study.StudyInstanceUID)
                 continue
-            series = min(candidates, key=lambda c: c[:3])[3]
+            series = min(candidates, key=lambda c: c[0])[1]
             logger.info("Study %s: screening %s", study.StudyInstanceUID, describe_series(series))
             source = DicomSource(study, series, earlier_outputs=earlier)
             cases.append(Case(case_id=series.SeriesInstanceUID, source="DICOM", dicom=source))

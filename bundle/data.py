@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
-from bundle.validation import ExitStatus, InvalidScanError, check_dicom_series, check_image_file, is_dicom_file
+from bundle.validation import (
+    DERIVED_MODALITIES,
+    ExitStatus,
+    InvalidScanError,
+    check_image_file,
+    check_series_headers,
+    is_dicom_file,
+    series_rank,
+    sort_dicom_files,
+)
 
 __all__ = [
     "case_id_of",
+    "dicom_folder_items",
     "list_inputs",
     "load_datalist",
     "refused_item",
@@ -24,6 +36,8 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PATH_KEYS = ("image", "label", "organ")  # datalist values resolved against the data root
+
+logger = logging.getLogger("gf_screen.screening")
 
 
 def case_id_of(image_path: str | os.PathLike) -> str:
@@ -59,17 +73,92 @@ def refused_item(image: str | os.PathLike, case_id: str, reason: str, status: in
     return {"image": str(image), "id": case_id, REFUSED: reason, "status": status}
 
 
-def _checked(item: dict) -> dict:
+_series_links: list[tempfile.TemporaryDirectory] = []  # removed when the process ends
+
+
+def _linked_series(files: list[Path], case_id: str) -> Path:
+    """A folder of links to exactly ``files``: what ITK reads when the input folder holds more than that series (its
+    reader takes a folder and would pick one series itself, or read a corrupt file or a copy beside it)."""
+    staging = tempfile.TemporaryDirectory(prefix="gf-screen-series-")
+    _series_links.append(staging)
+    folder = Path(staging.name) / case_id
+    folder.mkdir()
+    for i, path in enumerate(files):
+        (folder / f"{i:05d}_{path.name}").symlink_to(path.resolve())
+    return folder
+
+
+def dicom_folder_items(folder: str | os.PathLike, case_id: str | None = None) -> list[dict]:
+    """The series a DICOM folder holds, chosen as the Deploy app chooses them: files sorted by
+    ``bundle.validation.sort_dicom_files`` (cut or unreadable files and exact copies left out, one line per
+    reason), then per study the best screenable CT series (``series_rank``). A study without one gives a refused item
+    per series, with its reason; a refused series beside a chosen one in its study is logged, as the app logs it.
+
+    Case ids: ``case_id`` (default the folder's name) when the folder yields one series, else ``<case_id>_<Series
+    Instance UID>``. An item's ``image`` is the folder itself when the series is all it holds, else a folder of links
+    to the series' files."""
+    folder = Path(folder)
+    case_id = case_id or folder.name
+    files = sort_dicom_files(p for p in folder.iterdir() if p.is_file())
+    files.log(logger)
+    studies = {
+        study: {uid: m for uid, m in series.items() if str(getattr(m[0][1], "Modality", "")) not in DERIVED_MODALITIES}
+        for study, series in files.by_study_and_series().items()
+    }
+    n_series = sum(len(series) for series in studies.values())
+    if n_series == 0:
+        reasons = "; ".join(f"{', '.join(names[:3])}: {reason}" for reason, names in files.corrupt.items())
+        return [
+            refused_item(
+                folder, case_id, f"{folder}: no usable DICOM image series" + (f" ({reasons})." if reasons else ".")
+            )
+        ]
+    items = []
+    for series in studies.values():
+        ranked, refused = [], []
+        for uid, members in series.items():
+            name = case_id if n_series == 1 else f"{case_id}_{uid}"
+            label = folder if n_series == 1 else f"{folder} series {uid}"
+            try:
+                facts = check_series_headers([h for _, h in members], [p for p, _ in members], label)
+            except InvalidScanError as e:
+                refused.append(refused_item(folder, name, str(e)))
+                continue
+            ranked.append((series_rank(facts, uid), name, members, facts))
+        if not ranked:
+            items += refused
+            continue
+        for item in refused:
+            logger.warning("Skipped %s (another series of its study is screened)", item[REFUSED])
+        _, name, members, facts = min(ranked, key=lambda r: r[0])
+        for _, other, _, _ in sorted(ranked, key=lambda r: r[0])[1:]:
+            logger.info("Not selected: %s (its study's series %s has thinner or more slices).", other, name)
+        whole = len(members) == sum(1 for p in folder.iterdir() if p.is_file())
+        image = folder if whole else _linked_series([p for p, _ in members], name)
+        items.append({"image": str(image), "id": name, "body_part": facts["body_part"]})
+    return items
+
+
+def _checked(item: dict) -> list[dict]:
+    """The item, checked from its headers (a DICOM folder: its chosen series) or refused with the reason."""
     image = Path(item["image"])
+    if item.pop("series_folder", False):  # a folder of a folder of scans: every study in it
+        return dicom_folder_items(image, item["id"])
+    if image.is_dir():
+        found = dicom_folder_items(image, item["id"])
+        if len(found) == 1 and REFUSED not in found[0]:
+            return [dict(item, image=found[0]["image"], body_part=found[0]["body_part"])]
+        if any(REFUSED not in f for f in found):  # a datalist item names one series, to match its label
+            reason = f"{image}: {len(found)} DICOM series in one folder; a datalist item names one series."
+            return [refused_item(image, item["id"], reason)]
+        return found
     try:
-        if image.is_dir():
-            return dict(item, body_part=check_dicom_series(image)["body_part"])
         if not image.is_file():
             raise InvalidScanError(f"scan {image} does not exist.")
         check_image_file(image)
     except InvalidScanError as e:
-        return refused_item(image, item["id"], str(e))
-    return item
+        return [refused_item(image, item["id"], str(e))]
+    return [item]
 
 
 def _is_image_file(path: Path) -> bool:
@@ -96,11 +185,11 @@ def screening_inputs(
             return [refused_item(path, path.name, reason, ExitStatus.USAGE)]
         items = [{"image": str(path), "id": case_id_of(path)}]
     elif any(is_dicom_file(p) for p in path.iterdir() if p.is_file()):
-        items = [{"image": str(path), "id": path.name}]
+        return dicom_folder_items(path)
     else:
         items = [{"image": str(p), "id": case_id_of(p)} for p in sorted(path.iterdir()) if _is_image_file(p)]
         items += [
-            {"image": str(p), "id": p.name}
+            {"image": str(p), "id": p.name, "series_folder": True}
             for p in sorted(path.iterdir())
             if p.is_dir() and any(is_dicom_file(f) for f in p.iterdir())
         ]
@@ -111,7 +200,7 @@ def screening_inputs(
         if len(set(ids)) != len(ids):
             reason = f"{path}: two scans share a case id ({sorted({i for i in ids if ids.count(i) > 1})})."
             return [refused_item(path, path.name, reason, ExitStatus.USAGE)]
-    return [_checked(item) for item in items]
+    return [checked for item in items for checked in _checked(item)]
 
 
 def list_inputs(

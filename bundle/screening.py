@@ -10,6 +10,7 @@ them and ends the run with the status.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -24,12 +25,14 @@ from monai.engines import SupervisedEvaluator
 from bundle.checkpoint import WeightsError
 from bundle.data import REFUSED, refused_item
 from bundle.validation import ExitStatus, InvalidScanError
+from bundle.writers import recover_interrupted
 
 __all__ = [
     "ScreeningDataset",
     "ScreeningEvaluator",
+    "claim_output_folder",
+    "output_folder_problem",
     "refusal_of",
-    "require_writable",
     "writable_problem",
     "weights_errors_in_one_line",
 ]
@@ -158,11 +161,45 @@ def writable_problem(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def require_writable(folder: str | os.PathLike) -> str:
-    """The output folder, proven writable before anything is screened (a read-only or missing mount is found now,
-    not after an hour of inference); exit status 2 with one line otherwise."""
+_claimed: dict[str, int] = {}  # output folder -> the open descriptor holding its lock until the process ends
+
+
+def output_folder_problem(folder: str | os.PathLike) -> tuple[str, int] | None:
+    """Why this run cannot write into ``folder``, with the exit status (2 not writable, 6 in use); None when it can,
+    and then the folder is this process's until it ends.
+
+    Two runs into one folder would both find a scan unscreened, screen it and publish over each other; an exclusive
+    ``flock`` on the folder itself (no lock file left among the outputs) lets the first run have it. The kernel drops
+    the lock when the process ends, however it ends, so a killed run never leaves the folder locked; what such a run
+    left half-done (``bundle.writers.recover_interrupted``) is undone by the next run that holds the folder."""
     problem = writable_problem(folder)
     if problem is not None:
-        logger.error("%s", problem)
-        raise SystemExit(ExitStatus.USAGE)
+        return problem, ExitStatus.USAGE
+    key = os.path.realpath(folder)
+    if key in _claimed:
+        return None
+    descriptor = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return (
+            f"output folder {folder} is in use by another screening run; wait for it to end or give another folder",
+            ExitStatus.OUTPUT_IN_USE,
+        )
+    _claimed[key] = descriptor
+    left = recover_interrupted(folder)
+    if left:
+        logger.info("Cleaned up after an interrupted run in %s: %s", folder, ", ".join(left))
+    return None
+
+
+def claim_output_folder(folder: str | os.PathLike) -> str:
+    """The output folder, proven writable and held by this run before anything is screened (a read-only or missing
+    mount, or another run writing there, is found now, not after an hour of inference); else one line and exit
+    status 2 (not writable) or 6 (in use)."""
+    found = output_folder_problem(folder)
+    if found is not None:
+        logger.error("%s", found[0])
+        raise SystemExit(found[1])
     return str(folder)

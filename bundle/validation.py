@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import filecmp
+import logging
 import warnings
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -11,18 +15,22 @@ import numpy as np
 import pydicom
 
 __all__ = [
+    "DicomFiles",
     "ExitStatus",
     "InvalidScanError",
     "check_image_file",
     "check_complete",
-    "check_dicom_series",
     "check_series_headers",
     "check_ct_volume",
     "duplicate_slices",
     "is_dicom_file",
     "read_header",
+    "series_rank",
+    "sort_dicom_files",
     "stacking_angle_degrees",
+    "DERIVED_MODALITIES",
     "MIN_EXTENT_MM",
+    "REQUIRED_UIDS",
 ]
 
 MIN_SPACING_MM = 0.1
@@ -47,6 +55,7 @@ class ExitStatus:
     NO_SCREENABLE_SERIES = 3
     PARTIAL = 4
     WEIGHTS = 5
+    OUTPUT_IN_USE = 6
 
 
 class InvalidScanError(ValueError):
@@ -105,21 +114,77 @@ def check_complete(header: pydicom.Dataset, path: Path) -> None:
         )
 
 
-def check_dicom_series(folder: str | Path, spacing_tolerance: float = 0.05) -> dict:
-    """Check that ``folder`` holds exactly one screenable CT series (``check_series_headers``); return its facts.
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+"""UIDs every usable instance has: the outputs reference them (the Deploy SDK's loader drops instances without)."""
+DERIVED_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "RTSTRUCT", "REG"})
+"""Series that are results about images, not images: routine in a study (earlier runs' SEG and SR among them)."""
 
-    The readers would otherwise load a wrong modality, a localizer, or a series with missing slices (ITK warns and
-    assumes uniform spacing), silently producing a distorted volume.
-    """
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_file(p))
-    if not files:
-        raise InvalidScanError(f"{folder}: no DICOM files found.")
-    headers = []
-    for path in files:
-        headers.append(read_header(path))
-        check_complete(headers[-1], path)
-    return check_series_headers(headers, files, folder, spacing_tolerance)
+
+@dataclass
+class DicomFiles:
+    """The files of a DICOM input as both front doors sort them before grouping series: the usable instances with
+    their headers, and what was left out. A left-out slice shows up as a gap in its series, which is then refused."""
+
+    usable: list[tuple[Path, pydicom.Dataset]] = field(default_factory=list)
+    corrupt: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    """Reason -> names of the files that begin like DICOM but cannot be used (cut, unreadable, no UIDs)."""
+    copies: list[str] = field(default_factory=list)
+    """Byte-identical copies of a usable file (same instance twice): dropped, an exact repair."""
+    not_dicom: Counter = field(default_factory=Counter)
+    """Suffix -> count of files without the DICOM preamble (sidecars, READMEs)."""
+
+    def log(self, logger: logging.Logger) -> None:
+        """One line per reason (not one per file of a whole broken series), then the routine ones at info level."""
+        for reason, names in self.corrupt.items():
+            shown = ", ".join(names[:3]) + (f", ... ({len(names)} files)" if len(names) > 3 else "")
+            logger.warning("Ignored corrupt DICOM file(s) %s: %s", shown, reason)
+        if self.copies:
+            shown = ", ".join(self.copies[:3]) + (", ..." if len(self.copies) > 3 else "")
+            logger.info("Ignored %d byte-identical copies of other files: %s.", len(self.copies), shown)
+        if self.not_dicom:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.not_dicom.items()))
+            logger.info("Ignored %d file(s) that are not DICOM: %s.", sum(self.not_dicom.values()), kinds)
+
+    def by_study_and_series(self) -> dict[str, dict[str, list[tuple[Path, pydicom.Dataset]]]]:
+        """Study Instance UID -> Series Instance UID -> the series' usable files, in input order."""
+        studies: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for path, header in self.usable:
+            studies[str(header.StudyInstanceUID)][str(header.SeriesInstanceUID)].append((path, header))
+        return studies
+
+
+def sort_dicom_files(paths: Iterable[str | Path]) -> DicomFiles:
+    """Read the header of every file (no pixel data) and sort it: usable, corrupt (``read_header``,
+    ``check_complete``, an empty ``REQUIRED_UIDS`` or no SeriesNumber), a byte-identical copy, or not DICOM."""
+    files, first_of = DicomFiles(), {}
+    for path in sorted(Path(p) for p in paths):
+        if not is_dicom_file(path):
+            files.not_dicom["".join(path.suffixes[-2:]) or path.name] += 1  # e.g. the gateway's .dcm.json sidecars
+            continue
+        try:
+            header = read_header(path)
+            check_complete(header, path)
+            missing = [t for t in REQUIRED_UIDS if not str(getattr(header, t, "") or "").strip()]
+            if missing:
+                raise InvalidScanError(f"empty {', '.join(missing)}: outputs could not reference it")
+            if getattr(header, "SeriesNumber", None) is None:
+                raise InvalidScanError("no SeriesNumber (the Deploy SDK's loader drops such instances)")
+        except (InvalidScanError, ValueError, TypeError, AttributeError) as e:  # the last: senseless values
+            files.corrupt[str(e).replace(f"{path}: ", "").replace(str(path), path.name)].append(path.name)
+            continue
+        uid = str(header.SOPInstanceUID)
+        if uid in first_of and filecmp.cmp(first_of[uid], path, shallow=False):
+            files.copies.append(path.name)
+            continue
+        first_of.setdefault(uid, path)
+        files.usable.append((path, header))
+    return files
+
+
+def series_rank(facts: dict, series_uid: str) -> tuple:
+    """Which screenable series of a study both front doors screen: the thinnest slices, then the most slices
+    (the smallest rank wins; the UID breaks ties so the choice never depends on file order)."""
+    return (facts["slice_spacing_mm"], -facts["n_slices"], series_uid)
 
 
 def check_series_headers(

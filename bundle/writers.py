@@ -31,6 +31,7 @@ __all__ = [
     "publish_folder",
     "refuse_input_folder",
     "SaveScanOutputsd",
+    "recover_interrupted",
     "staging_folder",
 ]
 
@@ -138,6 +139,24 @@ def publish_folder(staging: Path, final: Path, source: str | os.PathLike | None 
     else:
         os.replace(staging, final)
     return final
+
+
+def recover_interrupted(output_dir: str | os.PathLike) -> list[str]:
+    """Undo what a killed run left in ``output_dir`` (call it only while holding the folder,
+    ``bundle.screening.output_folder_problem``): staging folders are removed, and a case folder caught between the
+    two renames of ``publish_folder`` gets its old outputs back. Returns the names it removed or restored."""
+    done = []
+    for path in sorted(Path(output_dir).glob(".replaced-*")):
+        name = path.name[len(".replaced-") :].rsplit("-", 1)[0]
+        if (path / "old").is_dir() and not (Path(output_dir) / name).exists():
+            os.replace(path / "old", Path(output_dir) / name)
+            done.append(f"{name} (restored)")
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(path.name)
+    for path in sorted(Path(output_dir).glob(".staging-*")):
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(path.name)
+    return done
 
 
 def finalize_findings(

@@ -6,6 +6,9 @@ one is still screened:
 - ``dicom/<case>/``: one DICOM series per folder (32 slices of the LIDC slab, new UIDs each), re-headered or cut;
   ``truncated_jpeg2000`` is the 20-slice JPEG 2000 series of the TotalSegmentator example with one file cut inside
   its pixel data; ``garbage_after_preamble`` holds a file that begins like DICOM and continues with garbage.
+  Two folders hold more than one thing: ``two_series`` a valid CT series and an MR series of another study (the CT
+  is screened, the MR refused), ``exact_copy`` a valid series with a byte-identical copy of one file (an exact
+  repair: the copy is dropped and the series screened).
 - ``nifti/<case>.nii[.gz]``: TotalSegmentator's example CT (3 mm) re-written or patched.
 
 ``CASES`` says what each front door must do with each case: ``None`` for screened, else a phrase of the reason.
@@ -38,9 +41,12 @@ DICOM_CASES = {
     "rescale_slope_absurd": "which no CT produces",
     "pixel_representation_flipped": "which no CT produces",
     "gantry_tilt": "gantry tilt",
-    "truncated_jpeg2000": "truncated",
+    "truncated_jpeg2000": "missing slices",  # the cut file is left out with its own line; its series has a gap
     "garbage_after_preamble": "incomplete DICOM header",
+    "exact_copy": None,
 }
+TWO_SERIES = {"CT": None, "MR": "modality MR, not CT"}
+"""``dicom/two_series/``: what each of its two series gets."""
 NIFTI_CASES = {
     "valid": None,
     "nan_voxels": "NaN or infinite",
@@ -106,6 +112,13 @@ def build_dicom(shared_data: Path, root: Path) -> Path:
     jpeg = _series(shared_data / JPEG2000, root / "truncated_jpeg2000", ct_image, files=jpeg_files)
     victim = sorted(jpeg.iterdir())[10]
     victim.write_bytes(victim.read_bytes()[: int(victim.stat().st_size * 0.8)])
+    _series(lidc, root / "two_series")
+    _series(lidc, root / "two_series_mr", _set(Modality="MR"))
+    for path in (root / "two_series_mr").iterdir():
+        path.rename(root / "two_series" / f"mr_{path.name}")
+    (root / "two_series_mr").rmdir()
+    copy = _series(lidc, root / "exact_copy")
+    shutil.copyfile(copy / "005.dcm", copy / "005_copy.dcm")
     garbage = root / "garbage_after_preamble"
     garbage.mkdir()
     (garbage / "000.dcm").write_bytes(b"\0" * 128 + b"DICM" + np.random.default_rng(0).bytes(4096))

@@ -40,7 +40,7 @@ def make_bundle(folder: Path, overrides: dict, weights: bool = True) -> Path:
     """A bundle folder: the project's configs + small.yaml + ``overrides``; seeded random weights if asked."""
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
-    for name in ("inference.yaml", "small.yaml", "operating_point.yaml", "metadata.json"):
+    for name in ("inference.yaml", "small.yaml", "operating_point.yaml", "metadata.json", "logging.conf"):
         shutil.copy(ROOT / "configs" / name, folder / "configs" / name)
     (folder / "configs" / "test.json").write_text(json.dumps(overrides))
     (folder / "configs" / "app_configs.json").write_text(json.dumps(["inference.yaml", "small.yaml", "test.json"]))

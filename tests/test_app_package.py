@@ -8,7 +8,9 @@ from __future__ import annotations
 import ast
 import logging
 import re
+import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -130,3 +132,32 @@ def test_unwritable_output_exits_2_before_loading_the_model(tmp_path, monkeypatc
     assert main(["app", "-i", str(tmp_path / "in"), "-m", str(tmp_path / "in")]) == ExitStatus.USAGE
     assert f"output folder {tmp_path / 'file' / 'out'} is not writable" in capfd.readouterr().err
     assert (tmp_path / "file").read_text() == "a file where a folder of the output path should be"
+
+
+def test_output_path_that_cannot_be_made_exits_2(tmp_path, root_logging, caplog):
+    """``-o`` under a path that cannot hold folders: the SDK's parser fails to create it; one line, status 2."""
+    (tmp_path / "in").mkdir()
+    impossible = "/proc/no-such-folder/out"
+    assert main(["app", "-i", str(tmp_path / "in"), "-o", impossible, "-m", str(tmp_path)]) == ExitStatus.USAGE
+    assert "Cannot create /proc/no-such-folder: No such file or directory" in caplog.text
+
+
+def test_output_folder_held_by_another_run_exits_6_before_loading_the_model(tmp_path, root_logging, capfd):
+    """Another process's lock on the output folder (as a running screening holds it): exit 6 before the model is
+    loaded (with the lock gone the same call stops at the missing weights, status 5), the folder untouched."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    args = ["app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "in")]
+    holder = subprocess.Popen(["flock", "--close", str(tmp_path / "out"), "sleep", "60"])  # flock(1) holds it
+    try:
+        deadline = time.monotonic() + 30
+        while not any(row.split()[4] == str(holder.pid) for row in Path("/proc/locks").read_text().splitlines()):
+            assert time.monotonic() < deadline, "flock(1) did not take the lock"
+            time.sleep(0.1)
+        assert main(args) == ExitStatus.OUTPUT_IN_USE
+        assert "is in use by another screening run" in capfd.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == ExitStatus.WEIGHTS
+    assert list((tmp_path / "out").iterdir()) == []

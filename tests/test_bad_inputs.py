@@ -5,15 +5,18 @@ matter for refusals)."""
 
 from __future__ import annotations
 
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
 import torch
 
-from tests.bad_inputs import DICOM_CASES, NIFTI_CASES, build_dicom, build_nifti
+from tests.bad_inputs import DICOM_CASES, NIFTI_CASES, TWO_SERIES, build_dicom, build_nifti
 from tests.conftest import ROOT, WritesAMarker
 from tests.test_app import TEST_OVERRIDES, make_bundle, run_app
 
@@ -33,19 +36,39 @@ def model_dir(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("bundle") / "gf_screen", TEST_OVERRIDES)
 
 
-def run_bundle(inputs: Path, out: Path, model_dir: Path) -> subprocess.CompletedProcess:
+def bundle_command(inputs: Path, out: Path, model_dir: Path) -> list[str]:
     cfg = [str(model_dir / "configs" / n) for n in ("inference.yaml", "small.yaml", "test.json")]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(cfg), "--input_path", str(inputs)]
-    cmd += ["--output_dir", str(out), "--ckpt_path", str(model_dir / "models/model.pt"), "--bundle_root", str(ROOT)]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    cmd += ["--output_dir", str(out), "--ckpt_path", str(model_dir / "models/model.pt")]
+    return cmd + ["--bundle_root", str(ROOT)]
+
+
+def run_bundle(inputs: Path, out: Path, model_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(bundle_command(inputs, out, model_dir), cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def lines_about(log: str, name: str, phrase: str) -> list[str]:
     return [line for line in log.splitlines() if name in line and phrase in line]
 
 
-def series_uid(folder: Path) -> str:
-    return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+def series_uid(folder: Path, modality: str | None = None) -> str:
+    """The UID of the (first) series of ``folder``, or of its series of ``modality``."""
+    headers = (pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.iterdir()))
+    return next(str(h.SeriesInstanceUID) for h in headers if modality in (None, h.Modality))
+
+
+def screened_names(corpus: Path, door: str, kind: str) -> list[str]:
+    """The output folders a run must leave: one per screened scan, none for a refused one. The app names a DICOM
+    case by its Series Instance UID; bundle inference by the folder, and a series of a folder with several by
+    ``<folder>_<Series Instance UID>``."""
+    cases = DICOM_CASES if kind == "dicom" else NIFTI_CASES
+    names = [case for case, reason in cases.items() if reason is None]
+    if kind == "nifti":
+        return sorted(names)
+    two = corpus / "dicom" / "two_series"
+    if door == "app":
+        return sorted([series_uid(corpus / "dicom" / case) for case in names] + [series_uid(two, "CT")])
+    return sorted(names + [f"two_series_{series_uid(two, 'CT')}"])
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +93,7 @@ def test_valid_scan_screened_beside_the_refused_ones(runs, corpus, door, kind):
     log = proc.stdout + proc.stderr
     assert proc.returncode == PARTIAL, log[-3000:]
     assert "Traceback" not in log
-    valid = series_uid(corpus / "dicom" / "valid") if (door, kind) == ("app", "dicom") else "valid"
-    assert outputs(out) == [valid]  # nothing for a refused scan, not even an empty folder
+    assert outputs(out) == screened_names(corpus, door, kind)  # nothing for a refused scan, not even an empty folder
 
 
 @pytest.mark.parametrize("case", [c for c, reason in DICOM_CASES.items() if reason])
@@ -87,26 +109,30 @@ def test_both_refuse_bad_nifti_by_name(runs, door, case):
     assert lines_about(proc.stdout + proc.stderr, f"Not screened: {case}:", NIFTI_CASES[case]), (door, case)
 
 
-APP_DICOM = {
-    # the app's loader drops the cut file with its own line; the series then has a gap
-    "truncated_jpeg2000": "missing slices",
-}
-
-
 @pytest.mark.parametrize("case", [c for c, reason in DICOM_CASES.items() if reason and c != "garbage_after_preamble"])
 def test_app_refuses_bad_dicom_by_series(runs, corpus, case):
     proc, _ = runs["app", "dicom"]
     log = proc.stdout + proc.stderr
-    phrase = APP_DICOM.get(case, DICOM_CASES[case])
     uid = series_uid(corpus / "dicom" / case)
-    assert [line for line in lines_about(log, uid, phrase) if "Not screened: " in line], case
+    assert [line for line in lines_about(log, uid, DICOM_CASES[case]) if "Not screened: " in line], case
 
 
-def test_app_ignores_files_it_cannot_read_with_one_line_each(runs):
-    proc, _ = runs["app", "dicom"]
+@pytest.mark.parametrize("door", ["bundle", "app"])
+def test_both_drop_files_they_cannot_read_with_one_line_each(runs, door):
+    proc, _ = runs[door, "dicom"]
     log = proc.stdout + proc.stderr
     assert len(lines_about(log, "Ignored corrupt DICOM file(s) 000.dcm:", DICOM_CASES["garbage_after_preamble"])) == 1
     assert len(lines_about(log, "Ignored corrupt DICOM file(s) 010.dcm:", "truncated DICOM file")) == 1
+    assert len(lines_about(log, "Ignored 1 byte-identical copies of other files:", "005_copy.dcm")) == 1
+
+
+@pytest.mark.parametrize("door", ["bundle", "app"])
+def test_both_screen_the_ct_series_beside_an_mr_series(runs, corpus, door):
+    """``two_series``: the CT screened (the first test), the MR refused with its reason, named by its series."""
+    proc, _ = runs[door, "dicom"]
+    mr = series_uid(corpus / "dicom" / "two_series", "MR")
+    name = mr if door == "app" else f"two_series_{mr}:"
+    assert [line for line in lines_about(proc.stdout + proc.stderr, name, TWO_SERIES["MR"]) if "Not screened" in line]
 
 
 def _weights(kind: str, model_dir: Path, folder: Path) -> tuple[Path, Path]:
@@ -154,3 +180,66 @@ def test_full_disk_gives_one_line_per_scan_and_nothing_half_written(corpus, mode
         assert list(out.iterdir()) == []
     finally:
         subprocess.run(["umount", str(out)], check=True)
+
+
+def holds_folder(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` holds the ``flock`` on ``folder`` (``/proc/locks`` rows: ``FLOCK ... pid dev:inode``)."""
+    inode = f":{folder.stat().st_ino}"
+    rows = [line.split() for line in Path("/proc/locks").read_text().splitlines() if " FLOCK " in line]
+    return any(row[4] == str(pid) and row[5].endswith(inode) for row in rows)
+
+
+def wait_for(condition, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, f"the run ended first (status {process.returncode})"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_two_runs_into_one_output_folder(corpus, model_dir, tmp_path):
+    """While a run screens into a folder, a second run into it stops at once with one line and exit status 6 and
+    writes nothing; the first finishes untouched; once it has ended the folder is free again (no stale lock)."""
+    out, later = tmp_path / "out", tmp_path / "later.nii.gz"
+    out.mkdir()
+    shutil.copyfile(corpus / "nifti" / "valid.nii.gz", later)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(bundle_command(corpus / "dicom" / "valid", out, model_dir), cwd=ROOT, stdout=log,
+                                 stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            wait_for(lambda: holds_folder(first.pid, out), first)
+            second = run_bundle(later, out, model_dir)
+        finally:
+            assert first.wait(timeout=900) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    log = second.stdout + second.stderr
+    assert second.returncode == 6 and "Traceback" not in log, log[-3000:]
+    assert len(lines_about(log, f"output folder {out}", "is in use by another screening run")) == 1
+    assert outputs(out) == ["valid"] and [p.name for p in out.iterdir()] == ["valid"]
+    third = run_bundle(later, out, model_dir)
+    assert third.returncode == 0, (third.stdout + third.stderr)[-3000:]
+    assert outputs(out) == ["later", "valid"]
+
+
+def test_app_stopped_part_way_leaves_nothing_and_the_next_run_cleans_up(corpus, model_dir, tmp_path):
+    """SIGTERM while the app screens (a scheduler's stop): Holoscan stops the graph (forced after 3 s), the status
+    is not 0, and no output folder exists for the unfinished scan. Whatever the stop left half-done (a staging folder,
+    here also one planted as if a kill had come mid-write) is removed by the next run into the folder, which then
+    screens the scan."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(tmp_path / "app.log", "w") as log:
+        cmd = [sys.executable, "app", "-i", str(corpus / "dicom" / "valid"), "-o", str(out), "-m", str(model_dir)]
+        app = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "screening series" in (tmp_path / "app.log").read_text(), app)
+        finally:
+            app.send_signal(signal.SIGTERM)
+            status = app.wait(timeout=120)
+    assert status != 0, (tmp_path / "app.log").read_text()[-3000:]
+    assert outputs(out) == []
+    (out / ".staging-interrupted-abc123").mkdir()
+    (out / ".staging-interrupted-abc123" / "findings.json").write_text("{")
+    again = run_app(corpus / "dicom" / "valid", out, model_dir)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert [p.name for p in out.iterdir()] == [series_uid(corpus / "dicom" / "valid")]
+    assert ".staging-interrupted-abc123" in again.stdout + again.stderr

@@ -22,9 +22,10 @@ from monai.data import MetaTensor
 
 from bundle import writers
 from bundle.checkpoint import WeightsError, load_weights
-from bundle.data import list_inputs
+from bundle.data import REFUSED, list_inputs, screening_inputs
+from bundle.screening import output_folder_problem
 from bundle.transforms import ValidateCTd
-from bundle.validation import InvalidScanError, check_dicom_series
+from bundle.validation import InvalidScanError
 from bundle.writers import SaveScanOutputsd, atomic_write_json
 from tests.conftest import WritesAMarker
 
@@ -89,7 +90,7 @@ def lidc_series(shared_data, tmp_path) -> Path:
     folder.mkdir()
     for f in src:
         shutil.copyfile(f, folder / f.name)
-    assert check_dicom_series(folder)["n_slices"] == 32  # the copy itself is a valid series
+    assert list_inputs(folder) == [{"image": str(folder), "id": "lidc_0314", "body_part": "CHEST"}]  # a valid series
     return folder
 
 
@@ -131,15 +132,68 @@ def test_missing_slice(lidc_series):
     assert "gap of 2.000 mm" in str(err.value)
 
 
-def test_two_series_in_one_folder(lidc_series):
+def _split_series(folder: Path, new_study: bool = False, **tags) -> str:
+    """Every other file of ``folder`` into a new series (2 mm apart: still a screenable 32 mm series), edited by
+    ``tags``, in the same study or a new one; returns the new series' UID."""
+    other, study = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for f in sorted(folder.iterdir())[::2]:
+        _rewrite(f, SeriesInstanceUID=other, **({"StudyInstanceUID": study} if new_study else {}), **tags)
+    return other
+
+
+def _linked_files(item: dict) -> list[Path]:
+    return sorted(p.resolve() for p in Path(item["image"]).iterdir())
+
+
+def test_two_series_of_one_study_in_one_folder(lidc_series, caplog):
+    """As the Deploy app chooses: one series per study (equal spacing and count: the smaller UID), read from a folder
+    of links to exactly its files, so ITK cannot pick the other; the other is named as not selected."""
     files = sorted(lidc_series.iterdir())
-    other = pydicom.uid.generate_uid()
-    for f in files[::2]:
-        _rewrite(f, SeriesInstanceUID=other)
-    with pytest.raises(InvalidScanError) as err:
-        check_dicom_series(lidc_series)
-    assert str(lidc_series) in str(err.value)
-    assert "2 DICOM series in one folder" in str(err.value)
+    other = _split_series(lidc_series)
+    first = str(pydicom.dcmread(files[1], stop_before_pixels=True).SeriesInstanceUID)
+    chosen, left = sorted([first, other])
+    with caplog.at_level("INFO"):
+        (item,) = list_inputs(lidc_series)
+    assert item["id"] == f"lidc_0314_{chosen}"
+    members = files[::2] if chosen == other else files[1::2]
+    assert _linked_files(item) == [f.resolve() for f in members]
+    assert f"lidc_0314_{left}" in caplog.text and "Not selected" in caplog.text
+
+
+def test_invalid_series_beside_a_valid_one(lidc_series, caplog):
+    """An MR series in the CT's study is skipped with its reason and the CT screened (the app's choice); in a study of
+    its own it is refused with its reason, and the CT is still screened."""
+    mr = _split_series(lidc_series, Modality="MR")
+    with caplog.at_level("INFO"):
+        (item,) = screening_inputs(lidc_series)
+    assert REFUSED not in item and mr not in item["id"]
+    assert f"series {mr}: modality MR, not CT" in caplog.text and "Skipped" in caplog.text
+    study = pydicom.uid.generate_uid()
+    for f in lidc_series.iterdir():
+        if str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) == mr:
+            _rewrite(f, StudyInstanceUID=study)
+    items = {it["id"]: it for it in screening_inputs(lidc_series)}
+    assert REFUSED not in items[next(i for i in items if mr not in i)]
+    assert "modality MR, not CT" in items[f"lidc_0314_{mr}"][REFUSED]
+
+
+def test_corrupt_file_and_exact_copy_beside_a_series(lidc_series, caplog):
+    """A file that begins like DICOM and continues with garbage, and a byte-identical copy of a slice: both left out
+    with one line each (the app's loader does the same), and the series screened from exactly its own files."""
+    files = sorted(lidc_series.iterdir())
+    (lidc_series / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + np.random.default_rng(0).bytes(4096))
+    shutil.copyfile(files[5], lidc_series / "copy_of_05.dcm")
+    with caplog.at_level("INFO"):
+        (item,) = list_inputs(lidc_series)
+    assert item["id"] == "lidc_0314" and _linked_files(item) == [f.resolve() for f in files]
+    assert "Ignored corrupt DICOM file(s) garbage.dcm" in caplog.text
+    assert "Ignored 1 byte-identical copies of other files: copy_of_05.dcm" in caplog.text
+    # a copy that differs (another instance at the same position) is no repair: the series is refused
+    ds = pydicom.dcmread(files[5])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(lidc_series / "copy_of_05.dcm")
+    with pytest.raises(InvalidScanError, match="duplicate slice positions"):
+        list_inputs(lidc_series)
 
 
 def test_non_axial_series(lidc_series):
@@ -439,6 +493,34 @@ def test_sigterm_while_writing_leaves_nothing(shared_data, tmp_path, monkeypatch
     assert err.value.code == 128 + signal.SIGTERM
     assert list(output_dir.iterdir()) == []  # not even a hidden staging folder
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the run's only
+
+
+def test_a_run_killed_between_two_renames_loses_no_outputs(tmp_path):
+    """``publish_folder`` replaces a case folder in two renames (old aside, new in). A kill (SIGKILL, power) between
+    them leaves the old outputs aside and no case folder; the next run that holds the output folder puts them back,
+    and removes any staging folder, before it screens."""
+    out = tmp_path / "out"
+    (out / "case").mkdir(parents=True)
+    (out / "case" / "case_findings.json").write_text('{"lesion_count": 1}')
+    staging = writers.staging_folder(out, "case")
+    (staging / "case_findings.json").write_text('{"lesion_count": 2}')
+    real_replace, calls = os.replace, []
+
+    def killed_after_first_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here: nothing after this line runs
+        real_replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(writers.os, "replace", killed_after_first_rename)
+        with pytest.raises(KeyboardInterrupt):
+            writers.publish_folder(staging, out / "case")
+    assert not (out / "case").exists()
+    assert sorted(p.name.split("-")[0] for p in out.iterdir()) == [".replaced", ".staging"]
+    assert output_folder_problem(out) is None  # the next run claims the folder, then recovers it
+    assert [p.name for p in out.iterdir()] == ["case"]
+    assert (out / "case" / "case_findings.json").read_text() == '{"lesion_count": 1}'
 
 
 def test_atomic_write_json_leaves_no_temp_files(tmp_path):
