@@ -56,6 +56,7 @@ def run(input_path: str, model_path: str) -> dict:
         if c.ok
     ]
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+    result["peak_rss_mib_after_stage"] = report.peak_rss_mib
     result["machine"] = {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     return result
 

@@ -101,6 +101,8 @@ class RunReport:
     cases: list[Case] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: dict[str, int] = field(default_factory=dict)
+    """The process's peak resident memory when each stage ended (a stage that raises it set a new peak)."""
 
     def exit_status(self) -> int:
         failed = [c for c in self.cases if not c.ok] + self.studies_without_series

@@ -8,6 +8,7 @@ keeps its reason and is skipped downstream, so one bad series never stops the ot
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -85,6 +86,7 @@ class StageOperator(Operator):
             case.timings[self.stage] = round(time.perf_counter() - t, 3)
         self.finish(cases)
         self.report.stage_seconds[self.stage] = round(time.perf_counter() - t0, 3)
+        self.report.peak_rss_mib[self.stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB
         if self.emits:
             op_output.emit(cases, "cases")
 
