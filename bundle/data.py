@@ -135,7 +135,8 @@ def dicom_folder_items(folder: str | os.PathLike, case_id: str | None = None) ->
             logger.info("Not selected: %s (its study's series %s has thinner or more slices).", other, name)
         whole = len(members) == sum(1 for p in folder.iterdir() if p.is_file())
         image = folder if whole else _linked_series([p for p, _ in members], name)
-        items.append({"image": str(image), "id": name, "body_part": facts["body_part"]})
+        item = {"image": str(image), "id": name, "body_part": facts["body_part"]}
+        items.append(item if whole else dict(item, source=str(folder)))
     return items
 
 
@@ -147,7 +148,7 @@ def _checked(item: dict) -> list[dict]:
     if image.is_dir():
         found = dicom_folder_items(image, item["id"])
         if len(found) == 1 and REFUSED not in found[0]:
-            return [dict(item, image=found[0]["image"], body_part=found[0]["body_part"])]
+            return [dict(item, **{k: v for k, v in found[0].items() if k in ("image", "body_part", "source")})]
         if any(REFUSED not in f for f in found):  # a datalist item names one series, to match its label
             reason = f"{image}: {len(found)} DICOM series in one folder; a datalist item names one series."
             return [refused_item(image, item["id"], reason)]

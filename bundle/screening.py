@@ -19,10 +19,12 @@ import tempfile
 import threading
 from pathlib import Path
 
+import torch.distributed as dist
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
 from bundle.checkpoint import WeightsError
+from bundle.cohort import CohortSummary
 from bundle.data import REFUSED, refused_item
 from bundle.validation import ExitStatus, InvalidScanError
 from bundle.writers import recover_interrupted
@@ -96,10 +98,11 @@ class ScreeningEvaluator(SupervisedEvaluator):
     """``SupervisedEvaluator`` that passes refused items by (one log line each, nothing written for them) and ends
     the run with the front doors' exit status."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, summary: CohortSummary | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.refused: list[tuple[str, str, int]] = []
         self.screened = 0
+        self.summary = summary
 
     def run(self) -> None:
         """SIGTERM (a scheduler's stop, ``kill``) ends the run as Ctrl-C does, with an exception: the scan being
@@ -121,6 +124,8 @@ class ScreeningEvaluator(SupervisedEvaluator):
             for case_id, reason, status in zip(batchdata["id"], batchdata[REFUSED], batchdata["status"]):
                 logger.error("Not screened: %s: %s", case_id, reason)
                 self.refused.append((str(case_id), str(reason), int(status)))
+                if self.summary is not None:
+                    self.summary.add(str(case_id), reason=str(reason))
             return {}
         try:
             output = super()._iteration(engine, batchdata)
@@ -131,8 +136,13 @@ class ScreeningEvaluator(SupervisedEvaluator):
             case_id, reason = str(batchdata["id"][0]), f"its outputs could not be written ({failure})"
             logger.error("Not screened: %s: %s", case_id, reason)
             self.refused.append((case_id, reason, ExitStatus.NO_SCREENABLE_SERIES))
+            if self.summary is not None:
+                self.summary.add(case_id, reason=reason, failed=True)
             return {}
         self.screened += 1
+        if self.summary is not None:
+            for item in output if isinstance(output, list) else [output]:
+                self.summary.add(str(item["findings"]["case_id"]), findings=item["findings"])
         return output
 
     def exit_status(self) -> int:
@@ -143,9 +153,13 @@ class ScreeningEvaluator(SupervisedEvaluator):
         return max(status for _, _, status in self.refused)
 
     def finish(self) -> None:
-        """Say what was screened and refused; leave with the exit status when it is not 0."""
+        """Say what was screened and refused; leave with the exit status when it is not 0 (with a cohort summary:
+        the whole run's, on rank 0; ``CohortSummary.finish``)."""
         status = self.exit_status()
-        logger.info("Screened %d scan(s), refused %d; exit status %d.", self.screened, len(self.refused), status)
+        logger.info("Screened %d scan(s), refused %d.", self.screened, len(self.refused))
+        if self.summary is not None:
+            status = self.summary.finish(status)
+        logger.info("Exit status %d.", status)
         if status != ExitStatus.OK:
             raise SystemExit(status)
 
@@ -194,12 +208,20 @@ def output_folder_problem(folder: str | os.PathLike) -> tuple[str, int] | None:
     return None
 
 
-def claim_output_folder(folder: str | os.PathLike) -> str:
+def claim_output_folder(folder: str | os.PathLike, shared: bool = False) -> str:
     """The output folder, proven writable and held by this run before anything is screened (a read-only or missing
     mount, or another run writing there, is found now, not after an hour of inference); else one line and exit
-    status 2 (not writable) or 6 (in use)."""
-    found = output_folder_problem(folder)
+    status 2 (not writable) or 6 (in use). ``shared``: the processes of one ``torchrun`` share it; rank 0 holds it
+    (and cleans up after an interrupted run) before any rank goes on."""
+    distributed = shared and dist.is_initialized()
+    if distributed and dist.get_rank() != 0:
+        found = writable_problem(folder)
+        found = (found, ExitStatus.USAGE) if found is not None else None
+    else:
+        found = output_folder_problem(folder)
     if found is not None:
         logger.error("%s", found[0])
         raise SystemExit(found[1])
+    if distributed:
+        dist.barrier()
     return str(folder)

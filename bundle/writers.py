@@ -198,8 +198,9 @@ class SaveScanOutputsd(MapTransform):
     """Write ``CaseOutputs``: the lesion map (NIfTI, original geometry, lesion k = the findings' lesion k) and the
     findings JSON of one scan, staged and published as one folder (``publish_folder``).
 
-    The findings get the case id, the input path and the end-to-end seconds (from ``StampTimed``). An output folder
-    that holds the input scan is refused.
+    The findings get the case id, the input path (``source_key`` when the item has it: the folder a series was
+    chosen from, not the links it was read through) and the end-to-end seconds (from ``StampTimed``). An output
+    folder that holds the input scan is refused.
     """
 
     def __init__(
@@ -209,18 +210,20 @@ class SaveScanOutputsd(MapTransform):
         findings_key: str = "findings",
         id_key: str = "id",
         start_time_key: str = "start_time",
+        source_key: str = "source",
     ) -> None:
         super().__init__(keys)
         self.output_dir = Path(output_dir)
         self.findings_key = findings_key
         self.id_key = id_key
         self.start_time_key = start_time_key
+        self.source_key = source_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         key = self.first_key(d)
         lesion_map = d[key]
-        source = str(lesion_map.meta.get("filename_or_obj", ""))
+        source = str(d.get(self.source_key) or lesion_map.meta.get("filename_or_obj", ""))
         case_id = str(d.get(self.id_key) or case_id_of(source))
         final = CaseOutputs(self.output_dir, case_id)
         refuse_input_folder(final.folder, source)

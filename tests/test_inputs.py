@@ -7,6 +7,7 @@ inference config uses: ``bundle.data.list_inputs`` (DICOM checks up front), the 
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from monai.data import MetaTensor
 
 from bundle import writers
 from bundle.checkpoint import WeightsError, load_weights
+from bundle.cohort import SUMMARY
 from bundle.data import REFUSED, list_inputs, screening_inputs
 from bundle.screening import output_folder_problem
 from bundle.transforms import ValidateCTd
@@ -472,7 +474,9 @@ def test_inference_workflow_refuses_and_writes_nothing(shared_data, example_ct, 
     assert err.value.code == 3
     ((case_id, reason, status),) = workflow.parser.get_parsed_content("evaluator").refused
     assert str(culprit) in reason and status == 3
-    assert _files_under(output_dir) == []
+    assert _files_under(output_dir) == [output_dir / SUMMARY]  # the refusal's row, no scan output
+    ((row),) = list(csv.DictReader(open(output_dir / SUMMARY, newline="")))
+    assert row["status"] == "refused" and str(culprit) in row["reason"]
 
 
 def test_sigterm_while_writing_leaves_nothing(shared_data, tmp_path, monkeypatch):
