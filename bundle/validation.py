@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 
 __all__ = [
     "DicomFiles",
@@ -29,6 +30,7 @@ __all__ = [
     "sort_dicom_files",
     "stacking_angle_degrees",
     "DERIVED_MODALITIES",
+    "MAX_VOXELS",
     "MIN_EXTENT_MM",
     "REQUIRED_UIDS",
 ]
@@ -42,6 +44,10 @@ HU_MARGIN = 1000.0
 MAX_OUT_OF_RANGE_FRACTION = 0.01
 """CT values lie in ``HU_RANGE`` (12-bit CT); more than this fraction of voxels beyond it by ``HU_MARGIN`` (one
 padding value below the range aside: the outside of the reconstruction circle) is a wrong rescale, not a scan."""
+MAX_VOXELS = 512 * 512 * 500
+"""The largest scan screened (voxels on its own grid), so that memory stays within what app/app.yaml declares
+(12 GiB): the app peaked at 8.4 GiB on a 512 x 512 x 432 series (113 M voxels; docs/deploy.md, "Memory"). A larger
+series is refused; in a study the selector then takes the next screenable series (a thicker reconstruction)."""
 MIN_EXTENT_MM = 30.0
 """The least extent along every axis (and, for DICOM, along the slice axis) that is worth screening."""
 
@@ -220,6 +226,7 @@ def check_series_headers(
         raise InvalidScanError(f"{folder}: slices have different orientations.")
     if len(headers) < 2:
         raise InvalidScanError(f"{folder}: a single slice is a 2D image, not a CT volume.")
+    check_size((int(first.Columns), int(first.Rows), len(headers)), folder)
     tilt = stacking_angle_degrees([h.ImagePositionPatient for h in headers], normal)
     if tilt > MAX_TILT_DEGREES:
         raise InvalidScanError(
@@ -314,9 +321,27 @@ def check_ct_volume(
         )
 
 
+def check_size(shape: Sequence[int], source: str | Path) -> None:
+    """Refuse a scan of more than ``MAX_VOXELS`` voxels before it is read."""
+    voxels = int(np.prod([int(n) for n in shape]))
+    if voxels > MAX_VOXELS:
+        raise InvalidScanError(
+            f"{source}: too large to screen: {' x '.join(str(int(n)) for n in shape)} = {voxels / 1e6:.0f} M voxels, "
+            f"more than {MAX_VOXELS / 1e6:.0f} M (the memory the app declares); screen a thicker reconstruction."
+        )
+
+
 def check_image_file(path: Path) -> None:
-    """Checks of a NIfTI file that the readers would paper over: nibabel and ITK read a zero spacing as 1 mm and ITK
-    a negative one as a mirror, ITK reads NaN voxels as 0 and a ``.nii.gz`` cut short as zeros."""
+    """Checks of a scan file before it is read: its size from the header (``check_size``, any format SimpleITK
+    reads), and for NIfTI what the readers would paper over: nibabel and ITK read a zero spacing as 1 mm and ITK a
+    negative one as a mirror, ITK reads NaN voxels as 0 and a ``.nii.gz`` cut short as zeros."""
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InvalidScanError(f"{path}: unreadable scan file ({str(e).strip().splitlines()[-1]}).") from e
+    check_size(reader.GetSize(), path)
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return

@@ -21,7 +21,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import MetaTensor
 
-from bundle import writers
+from bundle import validation, writers
 from bundle.checkpoint import WeightsError, load_weights
 from bundle.cohort import SUMMARY
 from bundle.data import REFUSED, list_inputs, screening_inputs
@@ -195,6 +195,23 @@ def test_corrupt_file_and_exact_copy_beside_a_series(lidc_series, caplog):
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(lidc_series / "copy_of_05.dcm")
     with pytest.raises(InvalidScanError, match="duplicate slice positions"):
+        list_inputs(lidc_series)
+
+
+def test_too_large_scans_are_refused_from_their_headers(lidc_series, example_ct, tmp_path, monkeypatch):
+    """Above ``MAX_VOXELS`` (what the app's declared memory holds) a scan is refused before its pixels are read: a
+    NIfTI whose header says 512 x 512 x 600 (its data cut short: never read), and, with the limit lowered below
+    the LIDC slab's 512 x 512 x 32, the DICOM series."""
+    huge = tmp_path / "huge.nii"
+    header = nib.Nifti1Header()
+    header.set_data_shape((512, 512, 600))
+    header.set_data_dtype(np.int16)
+    header.set_zooms((0.8, 0.8, 1.0))
+    huge.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1024)
+    with pytest.raises(InvalidScanError, match=r"too large to screen: 512 x 512 x 600 = 157 M voxels, more than 131 M"):
+        list_inputs(huge)
+    monkeypatch.setattr(validation, "MAX_VOXELS", 512 * 512 * 31)
+    with pytest.raises(InvalidScanError, match=r"too large to screen: 512 x 512 x 32"):
         list_inputs(lidc_series)
 
 
