@@ -156,3 +156,29 @@ def test_another_model_or_operating_point_screens_again(single):
     other = dict(weights, sha256="0" * 64)
     assert all(i.get("screened_before") is None for i in pending(items, out, other, point))
     assert all(i.get("screened_before") is None for i in pending(items, out, {"status": "untrained"}, point))
+
+
+def test_two_ranks_screen_and_evaluate_a_labelled_split(shared_data, model_dir, tmp_path):
+    """``run evaluating`` with the multi-GPU evaluation config: both ranks screen, rank 0 alone writes
+    evaluation.json (every labelled scan evaluated once) and the FROC PNG."""
+    datalist = tmp_path / "datalist.json"
+    items = [
+        {"id": "lung1", "image": "pyradiomics_lung1/lung1_image.nrrd", "label": "pyradiomics_lung1/lung1_label.nrrd"},
+        {"id": "lidc", "image": "lidc_idri_0314_nodule/image_slab.nii.gz",
+         "label": "lidc_idri_0314_nodule/mask_consensus50.nii.gz"},
+    ]  # fmt: skip
+    datalist.write_text(json.dumps({"test": items}))
+    out = tmp_path / "out"
+    cmd = command(datalist, out, model_dir, ranks=2)
+    cfg = eval(cmd[cmd.index("--config_file") + 1])
+    cfg += [str(ROOT / "configs" / name) for name in ("evaluate.yaml", "multi_gpu_evaluate.yaml")]
+    cmd[cmd.index("--config_file") + 1] = repr(cfg)
+    cmd[cmd.index("run") + 1 : cmd.index("run") + 1] = ["evaluating"]
+    cmd += ["--datalist", str(datalist), "--dataset_dir", str(shared_data), "--split", "test"]
+    proc = run(cmd)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert sorted(case["id"] for case in report["per_case"]) == ["lidc", "lung1"]
+    assert (out / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(row["case_id"] for row in summary(out)) == ["lidc", "lung1"]
