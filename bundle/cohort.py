@@ -199,9 +199,10 @@ class CohortSummary:
         rows = self._merged()
         try:
             _write_csv(rows, self.path)
-            shutil.rmtree(self.output_dir / ".cohort", ignore_errors=True)
         except OSError as e:
             logger.warning("The cohort summary cannot be written (%s).", e)
+        finally:
+            shutil.rmtree(self.output_dir / ".cohort", ignore_errors=True)
         statuses = [row["status"] for row in rows]
         screened = sum(s in (SCREENED, SCREENED_BEFORE) for s in statuses)
         bad = len(statuses) - screened

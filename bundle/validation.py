@@ -335,19 +335,25 @@ def check_image_file(path: Path) -> None:
     """Checks of a scan file before it is read: its size from the header (``check_size``, any format SimpleITK
     reads), and for NIfTI what the readers would paper over: nibabel and ITK read a zero spacing as 1 mm and ITK a
     negative one as a mirror, ITK reads NaN voxels as 0 and a ``.nii.gz`` cut short as zeros."""
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise InvalidScanError(f"{path}: unreadable scan file ({str(e).strip().splitlines()[-1]}).") from e
-    check_size(reader.GetSize(), path)
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return  # left to the reader, whose error names the file
+        check_size(reader.GetSize(), path)
         return
     try:
         with nib.openers.ImageOpener(path) as f:
             raw = nib.Nifti1Header.from_fileobj(f, check=False)  # as written, before nibabel repairs it
+        if int(raw["sizeof_hdr"]) != 348 or raw["magic"].item() not in (b"n+1", b"ni1"):
+            raise ValueError("not a NIfTI-1 header")
+    except Exception as e:  # noqa: BLE001 - nibabel and gzip raise several types for broken files
+        raise InvalidScanError(f"{path}: unreadable or incomplete NIfTI file ({type(e).__name__}: {e}).") from e
+    check_size(raw.get_data_shape()[:3], path)
+    try:
         image = nib.load(path)
         data = np.asarray(image.dataobj)
     except Exception as e:  # noqa: BLE001 - nibabel and gzip raise several types for broken files

@@ -246,13 +246,16 @@ def test_missing_input():
         (2000, "truncated DICOM file"),  # header complete, pixel data cut (ITK would silently skip the slice)
     ],
 )
-def test_truncated_dicom_file(lidc_series, size, reason):
+def test_truncated_dicom_file(lidc_series, size, reason, caplog):
+    """The cut file is left out with one line naming it and why (as the app's loader does); its series then has a
+    gap and is refused for it."""
     victim = sorted(lidc_series.iterdir())[5]
     victim.write_bytes(victim.read_bytes()[:size])
-    with pytest.raises(InvalidScanError) as err:
+    with pytest.raises(InvalidScanError, match="uneven slice spacing or missing slices") as err:
         list_inputs(lidc_series)
-    assert str(victim) in str(err.value)
-    assert reason in str(err.value)
+    assert str(lidc_series) in str(err.value)
+    (line,) = [r.getMessage() for r in caplog.records if "Ignored corrupt DICOM file(s)" in r.getMessage()]
+    assert f"Ignored corrupt DICOM file(s) {victim.name}: {reason}" in line
 
 
 def test_garbage_nifti(preprocessing, tmp_path):
@@ -449,7 +452,8 @@ def _bad_2d_scan(example_ct, folder: Path) -> Path:
 
 
 def _bad_dicom_folder(shared_data, folder: Path) -> Path:
-    """The whole 48 mm LIDC slab (big enough to screen) with the pixel data of one slice cut short."""
+    """The whole 48 mm LIDC slab (big enough to screen) with the pixel data of one slice cut short; returns the
+    series folder (refused for the gap the left-out slice leaves)."""
     src = sorted((shared_data / "lidc_idri_0314_nodule" / "dicom").glob("*.dcm"))
     series = folder / "lidc"
     series.mkdir(parents=True)
@@ -457,7 +461,7 @@ def _bad_dicom_folder(shared_data, folder: Path) -> Path:
         shutil.copyfile(f, series / f.name)
     victim = series / src[20].name
     victim.write_bytes(src[20].read_bytes()[:2000])
-    return victim
+    return series
 
 
 def _untrained_inference(input_path: Path, output_dir: Path, tmp_path: Path, **overrides) -> ConfigWorkflow:
