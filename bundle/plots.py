@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 
 from bundle.writers import CaseOutputs, atomic_path
 
-__all__ = ["plot_froc", "plot_lesion_types", "plot_key_slices", "plot_training", "TRAINING_PANELS"]
+__all__ = ["froc_png", "plot_froc", "plot_lesion_types", "plot_key_slices", "plot_training", "TRAINING_PANELS"]
 
 TRAINING_PANELS = (
     ("Focus segmentation loss (DiceCE)", ("seg",)),
@@ -68,6 +69,20 @@ def plot_froc(reports: list[tuple[str, dict]], output: str | Path, title: str = 
     ax.legend()
     _save(fig, output)
     plt.close(fig)
+
+
+def froc_png(report: dict, output: str | Path, label: str = "GF-Screen") -> Path | None:
+    """The FROC curve of an evaluation report as ``output`` (what ``run evaluating`` writes beside
+    evaluation.json); without matplotlib (the ``plots`` extra) one line says so and nothing is drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logging.getLogger("gf_screen.evaluation").warning(
+            "No %s: matplotlib is not installed (pip install -e '.[plots]').", output
+        )
+        return None
+    plot_froc([(label, report)], output)
+    return Path(output)
 
 
 def plot_lesion_types(report: dict, output: str | Path, title: str = "by lesion type") -> None:
