@@ -130,8 +130,9 @@ def dicom_folder_items(folder: str | os.PathLike, case_id: str | None = None) ->
             continue
         for item in refused:
             logger.warning("Skipped %s (another series of its study is screened)", item[REFUSED])
-        _, name, members, facts = min(ranked, key=lambda r: r[0])
-        for _, other, _, _ in sorted(ranked, key=lambda r: r[0])[1:]:
+        ranked.sort(key=lambda r: r[0])
+        _, name, members, facts = ranked[0]
+        for _, other, _, _ in ranked[1:]:
             logger.info("Not selected: %s (its study's series %s has thinner or more slices).", other, name)
         whole = len(members) == sum(1 for p in folder.iterdir() if p.is_file())
         image = folder if whole else _linked_series([p for p, _ in members], name)
