@@ -203,7 +203,7 @@ def rewrite_threshold_line(
 
 OPERATING_POINT_HEADER = """\
 # The operating point of the shipped weights, machine-written by `python -m bundle.calibrate --write_config`
-# (each value's comment names its record). Do not edit by hand: recalibrate. configs/small.yaml reads this file.
+# (each value's comment names its record). Do not edit by hand: recalibrate. configs/inference.yaml reads this file.
 """
 
 

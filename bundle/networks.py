@@ -1,13 +1,16 @@
-"""The two GF-Screen networks: Glance (3D ResNet window classifier) and Focus (SwinUNETR v2 segmenter)."""
+"""Glance, the GF-Screen window classifier (a 3D ResNet).
+
+Focus is MONAI's SwinUNETR v2 as it is: the configs' ``network_def``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import ResNet, SwinUNETR
+from monai.networks.nets import ResNet
 
-__all__ = ["GlanceNet", "FocusNet", "select_probability"]
+__all__ = ["GlanceNet", "select_probability"]
 
 
 class GlanceNet(ResNet):
@@ -45,30 +48,6 @@ class GlanceNet(ResNet):
             self.avgpool = torch.nn.AdaptiveMaxPool3d(1)
         elif pooling != "avg":
             raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}.")
-
-
-class FocusNet(SwinUNETR):
-    """SwinUNETR v2 lesion segmenter (2 channels: background, lesion); feature_size 48 is the paper's 73 M model."""
-
-    def __init__(
-        self,
-        feature_size: int = 48,
-        depths: Sequence[int] = (2, 2, 2, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        in_channels: int = 1,
-        out_channels: int = 2,
-        use_checkpoint: bool = False,
-    ) -> None:
-        super().__init__(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            feature_size=feature_size,
-            depths=tuple(depths),
-            num_heads=tuple(num_heads),
-            use_v2=True,
-            use_checkpoint=use_checkpoint,
-            spatial_dims=3,
-        )
 
 
 def select_probability(logits: torch.Tensor) -> torch.Tensor:

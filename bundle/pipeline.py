@@ -1,7 +1,7 @@
 """One screening pipeline, built from the bundle configs by config id.
 
-The configs declare every piece once: ``initialize`` (seed, then ``weights``: both networks' weights loaded with
-``weights_only=True``), ``preprocessing`` (a scan path in) and its ``preprocessing_core`` (a loaded volume in),
+The configs declare every piece once: ``setup`` (seed, output folder, then ``weights``: both networks' weights loaded
+with ``weights_only=True``), ``preprocessing`` (a scan path in) and its ``preprocessing_core`` (a loaded volume in),
 ``inferer``, ``postprocessing_core`` (lesion map and findings on the scan's grid) and ``save`` (the writer).
 ``python -m monai.bundle run`` runs them through the config's ``evaluator``; the Deploy app, calibration and the
 benchmark get them from ``build_pipeline``, which reads the same ids in the same order, so all four screen alike.
@@ -71,13 +71,13 @@ def _parsed(parser: ConfigParser, config_id: str):
 def build_pipeline(
     config_files: Sequence[str | os.PathLike], overrides: Mapping[str, object] | None = None
 ) -> ScreeningPipeline:
-    """Parse ``config_files`` (merged in order) with ``overrides``, run their ``initialize`` (seed, weights) and
+    """Parse ``config_files`` (merged in order) with ``overrides``, run their ``setup`` (seed, weights) and
     return the pieces. Raises ``WeightsError`` when the weights are missing (unless ``allow_untrained``) or unusable.
     """
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files])
     parser.update(dict(overrides or {}))
-    _parsed(parser, "initialize")
+    _parsed(parser, "setup")
     weights = _parsed(parser, "weights")
     return ScreeningPipeline(
         parser=parser,

@@ -60,7 +60,7 @@ def refusal_of(error: BaseException) -> InvalidScanError | None:
 def weights_errors_in_one_line() -> None:
     """Bundle inference ends on unusable weights (missing, empty, cut, NaN, another architecture, an unsafe pickle)
     as the app does: one line and exit status 5, not a traceback of the config parser. Any other error keeps its
-    traceback. Called first by ``configs/inference.yaml``'s ``initialize``."""
+    traceback. Called first by ``configs/inference.yaml``'s ``setup``."""
     default = sys.excepthook
 
     def hook(kind, error, trace):

@@ -64,14 +64,20 @@ def test_verify_net_in_out_for_both_networks(net_id, data_format, extra, small):
 
 
 def test_network_sizes_match_the_documented_ones():
+    """inference.yaml alone builds the shipped (CPU-size) networks, and every shipped tensor fits them; paper_size.yaml
+    builds the paper's."""
+    count = lambda net: sum(t.numel() for t in net.parameters()) / 1e6  # noqa: E731
     p = ConfigParser()
     p.read_config(INFERENCE[:1])
-    count = lambda net: sum(t.numel() for t in net.parameters()) / 1e6  # noqa: E731
+    glance, focus = p.get_parsed_content("glance_def"), p.get_parsed_content("network_def")
+    assert count(glance) == pytest.approx(0.9, abs=0.05)
+    assert count(focus) == pytest.approx(4.7, abs=0.1)
+    shipped = torch.load(ROOT / "models/model.pt", weights_only=True)
+    glance.load_state_dict(shipped["glance"])  # strict: every tensor, every shape
+    focus.load_state_dict(shipped["focus"])
+    p.read_config([INFERENCE[0], str(ROOT / "configs/paper_size.yaml")])
     assert count(p.get_parsed_content("glance_def")) == pytest.approx(33.2, abs=0.1)
     assert count(p.get_parsed_content("network_def")) == pytest.approx(72.8, abs=0.1)
-    p.read_config(INFERENCE)
-    assert count(p.get_parsed_content("glance_def")) == pytest.approx(0.9, abs=0.05)
-    assert count(p.get_parsed_content("network_def")) == pytest.approx(4.7, abs=0.1)
 
 
 def _run_inference(input_path, output_dir, **override) -> ConfigWorkflow:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from monai.losses import DiceCELoss
+from monai.networks.nets import SwinUNETR
 
 from bundle.grl import (
     WindowCELoss,
@@ -20,7 +21,7 @@ from bundle.grl import (
     kl_k3,
     window_has_lesion,
 )
-from bundle.networks import FocusNet, GlanceNet
+from bundle.networks import GlanceNet
 
 
 def hits(n_hit: int, n: int) -> torch.Tensor:
@@ -255,7 +256,9 @@ def nets() -> dict:
     """
     torch.manual_seed(0)
     glance = GlanceNet(layers=(1, 1, 1, 1), block_inplanes=(4, 8, 8, 8))
-    focus = FocusNet(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    focus = SwinUNETR(
+        in_channels=1, out_channels=2, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), use_v2=True
+    )
     labels = torch.zeros(4, 1, 64, 32, 32)
     labels[0, :, 10:20, 5:15, 5:15] = 1
     labels[1, :, 40:44, 20:24, 20:24] = 1

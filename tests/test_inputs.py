@@ -38,7 +38,7 @@ ROI_SIZE = (96, 96, 64)
 
 def _parser(small: bool = True) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(CONFIGS if small else CONFIGS[:1])
+    parser.read_config(CONFIGS if small else [CONFIGS[0], str(ROOT / "configs/paper_size.yaml")])
     parser["bundle_root"] = str(ROOT)
     return parser
 
