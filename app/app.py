@@ -22,6 +22,8 @@ import logging
 import sys
 from pathlib import Path
 
+from bundle.screening import output_folder_problem
+from bundle.validation import is_dicom_file
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, init_app_context
 
@@ -39,8 +41,6 @@ from app.operators import (
     is_nifti,
 )
 from app.writers import FindingsWriterOperator, SegWriterOperator, SRWriterOperator
-from bundle.screening import output_folder_problem
-from bundle.validation import is_dicom_file
 
 __all__ = ["GFScreenApp", "main", "is_nifti_input"]
 

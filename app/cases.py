@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
+from bundle.inferer import GlanceFocusStats, Tiling
+from bundle.validation import ExitStatus
 from monai.deploy.core.domain import DICOMSeries, DICOMStudy
 
 from app.dicom_outputs import unicode_headers
-from bundle.inferer import GlanceFocusStats, Tiling
-from bundle.validation import ExitStatus
 
 __all__ = ["Case", "DicomSource", "ExitStatus", "RunReport", "Screened", "Selection"]
 

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 import pydicom
+from bundle.findings import lesion_colour
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
-
-from bundle.findings import lesion_colour
 
 __all__ = [
     "SCHEME",

@@ -16,12 +16,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
-from monai.data import MetaTensor
-from monai.deploy.core import Fragment, Operator, OperatorSpec
-from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
-
-from app.cases import Case, DicomSource, RunReport, Screened, Selection
-from app.model import BundleModel
 from bundle.data import IMAGE_SUFFIXES, case_id_of
 from bundle.screening import refusal_of
 from bundle.validation import (
@@ -33,6 +27,12 @@ from bundle.validation import (
     series_rank,
     sort_dicom_files,
 )
+from monai.data import MetaTensor
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesToVolumeOperator
+
+from app.cases import Case, DicomSource, RunReport, Screened, Selection
+from app.model import BundleModel
 
 __all__ = [
     "StageOperator",

@@ -12,10 +12,6 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from app.cases import Case, RunReport
-from app.dicom_outputs import build_seg, build_sr
-from app.operators import StageOperator
 from bundle.writers import (
     CaseOutputs,
     atomic_write_json,
@@ -25,6 +21,10 @@ from bundle.writers import (
     publish_folder,
     staging_folder,
 )
+
+from app.cases import Case, RunReport
+from app.dicom_outputs import build_seg, build_sr
+from app.operators import StageOperator
 
 __all__ = [
     "SegWriterOperator",

@@ -32,15 +32,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, LoadImage, Orientationd
-
 from bundle.data import list_inputs
 from bundle.inferer import GlanceFocusInferer, Tiling, stats_of
 from bundle.metrics import dice
 from bundle.pipeline import ScreeningPipeline, build_pipeline
 from bundle.transforms import CropAxialRanged
 from bundle.writers import SaveScanOutputsd, print_and_record
+from monai.data import MetaTensor
+from monai.transforms import Compose, LoadImage, Orientationd
 
 __all__ = ["main", "top_fraction_mask", "PeakMemory", "MeasuredInferer"]
 
@@ -132,10 +131,7 @@ class PeakMemory:
 
     def as_dict(self) -> dict:
         mib = 2**20
-        out = {
-            "peak_rss_mib": self.rss_peak / mib,
-            "rss_increase_mib": (self.rss_peak - self.rss_before) / mib,
-        }
+        out = {"peak_rss_mib": self.rss_peak / mib, "rss_increase_mib": (self.rss_peak - self.rss_before) / mib}
         if self.cuda_peak is not None:
             out["cuda_max_allocated_mib"] = self.cuda_peak / mib
         return out

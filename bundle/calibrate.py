@@ -35,14 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_roc_auc
-from monai.transforms import LoadImage, ResampleToMatch
-
 from bundle.data import list_inputs
 from bundle.findings import LESION_SCORES
 from bundle.metrics import froc, lesion_scores, min_score_for_fp_budget
 from bundle.pipeline import ScreeningPipeline, build_pipeline
 from bundle.writers import atomic_path, print_and_record
+from monai.metrics import compute_roc_auc
+from monai.transforms import LoadImage, ResampleToMatch
 
 __all__ = [
     "choose_lesion_score",

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
 from bundle.data import REFUSED
 from bundle.validation import ExitStatus
 from bundle.writers import CaseOutputs, atomic_path

@@ -8,8 +8,6 @@ import os
 import tempfile
 from pathlib import Path
 
-from monai.data import load_decathlon_datalist
-
 from bundle.validation import (
     DERIVED_MODALITIES,
     ExitStatus,
@@ -20,6 +18,7 @@ from bundle.validation import (
     series_rank,
     sort_dicom_files,
 )
+from monai.data import load_decathlon_datalist
 
 __all__ = [
     "case_id_of",
@@ -64,8 +63,8 @@ def load_datalist(datalist: str | os.PathLike, split: str, base_dir: str | os.Pa
     ]
 
 
+# The key of a refused scan's reason in its item (``screening_inputs``, ``bundle.screening.ScreeningDataset``).
 REFUSED = "refused"
-"""The key of a refused scan's reason in its item (``screening_inputs``, ``bundle.screening.ScreeningDataset``)."""
 
 
 def refused_item(image: str | os.PathLike, case_id: str, reason: str, status: int = ExitStatus.NO_SCREENABLE_SERIES):

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import SimpleITK as sitk
-from monai.transforms import LoadImage
-
+import SimpleITK as sitk  # noqa: N813
 from bundle.writers import atomic_write_json
+from monai.transforms import LoadImage
 
 DATA_ROOT_HINT = "../shared/data"
 DESCRIPTION = (

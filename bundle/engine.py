@@ -14,17 +14,17 @@ import copy
 from collections.abc import Callable
 
 import torch
+from bundle.checkpoint import load_weights
+from bundle.grl import grl_loss, hit_reward
+from bundle.inferer import GlanceFocusInferer, stats_of
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from bundle.checkpoint import load_weights
-from bundle.grl import grl_loss, hit_reward
-from bundle.inferer import GlanceFocusInferer, stats_of
-
 __all__ = ["GRLTrainer", "GlanceWindowMetrics", "LOGGED_TERMS", "logged_terms", "unwrap"]
 
+# The per-iteration terms logged to the console, TensorBoard and MLflow (the keys `bundle.grl.grl_loss` returns).
 LOGGED_TERMS = (
     "loss",
     "seg",
@@ -39,7 +39,6 @@ LOGGED_TERMS = (
     "mean_ratio",
     "frac_clipped",
 )
-"""The per-iteration terms logged to the console, TensorBoard and MLflow (the keys `bundle.grl.grl_loss` returns)."""
 
 
 def logged_terms(output: dict | list[dict]) -> dict[str, float]:

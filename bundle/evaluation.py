@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.transforms import LoadImage
-
 from bundle.data import load_datalist
 from bundle.findings import label_lesions
 from bundle.metrics import flare_dsc_nsd, froc, healthy_scan_is_fp, lesion_detection, lesion_scores
 from bundle.writers import CaseOutputs, atomic_write_json
+from monai.transforms import LoadImage
 
 __all__ = ["LesionEvaluation", "summarise", "headline_metrics"]
 
@@ -219,7 +218,7 @@ class LesionEvaluation:
         list (predictions made elsewhere) have their components labelled here and scored 1.0."""
         if lesions is None:
             numbers, count = label_lesions(lesion_map > 0)
-            scores = {n: 1.0 for n in range(1, count + 1)}
+            scores = dict.fromkeys(range(1, count + 1), 1.0)
         else:
             numbers = lesion_map.astype(np.int64)
             scores = {les["number"]: float(les[score]) for les in lesions}
@@ -281,18 +280,14 @@ class LesionEvaluation:
     def run(self) -> dict[str, Any]:
         """Evaluate every labelled case of the split, write the JSON report, print the table and return the report."""
         per_case = [self._evaluate_case(item) for item in self._labelled_items()]
+        found = [s for c in per_case for s in c["lesion_scores"]]
+        false_positives = [s for c in per_case for s in c["false_positive_scores"]]
         report = {
             "per_case": per_case,
             "overall": summarise(per_case),
             "by_region": _group(per_case, "region"),
             "by_lesion_type": _group(per_case, "lesion_type"),
-            "froc": froc(
-                [s for c in per_case for s in c["lesion_scores"]],
-                [s for c in per_case for s in c["false_positive_scores"]],
-                len(per_case),
-            )
-            if any(c["lesion_scores"] for c in per_case)
-            else None,
+            "froc": froc(found, false_positives, len(per_case)) if found else None,
             "settings": {
                 "datalist": str(self.datalist),
                 "dataset_dir": str(self.dataset_dir),

@@ -6,14 +6,13 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
+from bundle.inferer import GLANCE_FOCUS_KEY, stats_of
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist, squareform
-
-from bundle.inferer import GLANCE_FOCUS_KEY, stats_of
 
 __all__ = [
     "component_scores",
@@ -30,9 +29,10 @@ __all__ = [
     "lesion_colour",
 ]
 
+# MONAI affines are RAS; DICOM patient coordinates (what PACS and viewers show) are LPS.
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-"""MONAI affines are RAS; DICOM patient coordinates (what PACS and viewers show) are LPS."""
 
+# Display colours (RGB) of lesions 1, 2, ...: distinct on a grey CT, green left to the plots' reference outlines.
 LESION_COLOURS = (
     (255, 40, 40),
     (245, 130, 48),
@@ -45,7 +45,6 @@ LESION_COLOURS = (
     (170, 110, 40),
     (128, 128, 255),
 )
-"""Display colours (RGB) of lesions 1, 2, ...: distinct on a grey CT, green left to the plots' reference outlines."""
 
 
 def lesion_colour(number: int) -> tuple[int, int, int]:
@@ -56,8 +55,8 @@ def lesion_colour(number: int) -> tuple[int, int, int]:
     return LESION_COLOURS[(number - 1) % len(LESION_COLOURS)]
 
 
+# 26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion (as in bundle.metrics).
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
-"""26-connectivity: voxels touching by a face, an edge or a corner belong to the same lesion (as in bundle.metrics)."""
 
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -66,10 +65,10 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(n)
 
 
+# What a lesion's detection score can be: its highest or its mean voxel probability. Where a network's maxima saturate
+# at 1.0 on false positives too, the mean may still keep lesions and false positives apart; the calibration record
+# reports the margin on both, so the choice is measured, not assumed.
 LESION_SCORES = {"max_probability": ndimage.maximum, "mean_probability": ndimage.mean}
-"""What a lesion's detection score can be: its highest or its mean voxel probability. Where a network's maxima
-saturate at 1.0 on false positives too, the mean may still keep lesions and false positives apart; the calibration
-record reports the margin on both, so the choice is measured, not assumed."""
 
 
 def component_scores(lesion_prob: np.ndarray, labels: np.ndarray, n: int, score: str) -> np.ndarray:
@@ -82,10 +81,7 @@ def component_scores(lesion_prob: np.ndarray, labels: np.ndarray, n: int, score:
 
 
 def drop_low_score_lesions(
-    lesion_prob: np.ndarray,
-    mask: np.ndarray,
-    min_score: float,
-    score: str = "max_probability",
+    lesion_prob: np.ndarray, mask: np.ndarray, min_score: float, score: str = "max_probability"
 ) -> np.ndarray:
     """The mask without the lesions (connected components) whose ``score`` (``LESION_SCORES``) is below ``min_score``.
 

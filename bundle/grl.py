@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
 from bundle.networks import select_probability
 
 __all__ = [
@@ -29,8 +28,8 @@ __all__ = [
     "WindowCELoss",
 ]
 
+# (seg_logits (G, 2, *spatial), labels (G, 1, *spatial)) -> rewards (G,), without gradient. The replaceable part.
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(seg_logits (G, 2, *spatial), labels (G, 1, *spatial)) -> rewards (G,), without gradient. The replaceable part."""
 
 
 def _clamp_prob(p: torch.Tensor) -> torch.Tensor:

@@ -19,15 +19,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from bundle.glance import shared_window_logits
+from bundle.networks import select_probability
 from monai.data import MetaTensor
 from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
 from monai.inferers import Inferer
 from monai.networks.utils import eval_mode
 from monai.utils import BlendMode
 from tqdm import tqdm
-
-from bundle.glance import shared_window_logits
-from bundle.networks import select_probability
 
 __all__ = [
     "GLANCE_FOCUS_KEY",
@@ -44,8 +43,8 @@ logger = logging.getLogger("gf_screen.inferer")
 GLANCE_MODES = ("windows", "shared")
 EXTENT_DEPENDENT_NORMS = (torch.nn.GroupNorm, torch.nn.InstanceNorm3d, torch.nn.LayerNorm)
 
+# Metadata key of a prediction's Glance-Focus statistics (``stats_meta``; read them with ``stats_of``).
 GLANCE_FOCUS_KEY = "glance_focus"
-"""Metadata key of a prediction's Glance-Focus statistics (``stats_meta``; read them with ``stats_of``)."""
 
 
 @dataclass

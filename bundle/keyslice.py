@@ -17,14 +17,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from monai.transforms import LoadImage, Orientation
-from PIL import Image
-from scipy import ndimage
-
 from bundle.data import case_id_of
 from bundle.findings import lesion_colour
 from bundle.transforms import region_window
 from bundle.writers import CaseOutputs, atomic_path
+from monai.transforms import LoadImage, Orientation
+from PIL import Image
+from scipy import ndimage
 
 __all__ = ["key_slice_index", "render_key_slice", "main"]
 

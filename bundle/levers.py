@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-
 from bundle.data import list_inputs
 from bundle.networks import select_probability
 from bundle.pipeline import ScreeningPipeline, build_pipeline

@@ -178,8 +178,8 @@ def lesion_scores(
     return found, false_positives
 
 
+# False positives per scan at which the FROC table reports sensitivity (the LUNA16 points).
 FROC_FP_PER_SCAN = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-"""False positives per scan at which the FROC table reports sensitivity (the LUNA16 points)."""
 
 
 def min_score_for_fp_budget(

@@ -14,12 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from bundle.checkpoint import WeightsError
+from bundle.inferer import GlanceFocusInferer
 from monai.bundle import ConfigParser
 from monai.data import decollate_batch
 from monai.transforms import Compose
-
-from bundle.checkpoint import WeightsError
-from bundle.inferer import GlanceFocusInferer
 
 __all__ = ["ScreeningPipeline", "build_pipeline"]
 

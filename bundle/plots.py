@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bundle.writers import CaseOutputs, atomic_path
 
 __all__ = ["froc_png", "plot_froc", "plot_lesion_types", "plot_key_slices", "plot_training", "TRAINING_PANELS"]
@@ -107,11 +106,10 @@ def plot_lesion_types(report: dict, output: str | Path, title: str = "by lesion 
 def plot_key_slices(report: dict, output: str | Path, columns: int = 4, size: int = 260) -> None:
     """The axial slice where each labelled lesion of an evaluation report is largest: reference outline in green,
     prediction in red, in the region's window, titled with the case, found or missed, and DSC."""
-    from monai.transforms import LoadImage, Orientation
-    from PIL import Image, ImageDraw
-
     from bundle.keyslice import render_key_slice
     from bundle.transforms import region_window
+    from monai.transforms import LoadImage, Orientation
+    from PIL import Image, ImageDraw
 
     def ras(path: str, reader: str | None = "ITKReader", keep=None):
         image = LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 from skimage.draw import polygon
 
 # A contour may sit this far (in slices) from a slice centre; DICOM decimal strings round to ~1e-3 mm, while a contour

@@ -20,14 +20,13 @@ import threading
 from pathlib import Path
 
 import torch.distributed as dist
-from monai.data import Dataset
-from monai.engines import SupervisedEvaluator
-
 from bundle.checkpoint import WeightsError
 from bundle.cohort import CohortSummary
 from bundle.data import REFUSED, refused_item
 from bundle.validation import ExitStatus, InvalidScanError
 from bundle.writers import recover_interrupted
+from monai.data import Dataset
+from monai.engines import SupervisedEvaluator
 
 __all__ = [
     "ScreeningDataset",

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bundle.transforms import BODY_HU, RegionWindowd, body_mask
+from bundle.writers import atomic_write_json, atomic_write_nifti
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import EnsureChannelFirst, LoadImage, MapTransform, Orientation, RandomizableTransform
@@ -29,9 +31,6 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 from scipy.spatial.transform import Rotation
-
-from bundle.transforms import BODY_HU, RegionWindowd, body_mask
-from bundle.writers import atomic_write_json, atomic_write_nifti
 
 __all__ = [
     "ORGANS",

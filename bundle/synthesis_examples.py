@@ -14,12 +14,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from bundle.keyslice import render_key_slice
 from bundle.synthesis import host_masks, load_ras, synthesize_lesion
 from bundle.transforms import region_window
 from bundle.writers import atomic_path
+from PIL import Image, ImageDraw
 
 __all__ = ["PANELS", "find_example", "draw_examples"]
 

@@ -7,12 +7,11 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
+from bundle.validation import MIN_EXTENT_MM, InvalidScanError, check_ct_volume
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRange, SpatialCrop, Transform
 from scipy import ndimage
-
-from bundle.validation import MIN_EXTENT_MM, InvalidScanError, check_ct_volume
 
 __all__ = [
     "BODY_HU",
@@ -28,8 +27,8 @@ __all__ = [
     "region_window",
 ]
 
+# HU windows by body region; every region other than chest uses the abdomen window (method.md 1.3).
 HU_WINDOWS: dict[str, tuple[float, float]] = {"chest": (-900.0, 650.0), "abdomen": (-175.0, 250.0)}
-"""HU windows by body region; every region other than chest uses the abdomen window (method.md 1.3)."""
 
 _BODY_PART_REGION = {
     "CHEST": "chest",
@@ -93,11 +92,7 @@ class SelectRegiond(MapTransform):
     """
 
     def __init__(
-        self,
-        keys: KeysCollection,
-        region: str = "auto",
-        region_key: str = "region",
-        lung_fraction_chest: float = 0.15,
+        self, keys: KeysCollection, region: str = "auto", region_key: str = "region", lung_fraction_chest: float = 0.15
     ) -> None:
         super().__init__(keys)
         if region != "auto" and region not in HU_WINDOWS:
@@ -213,13 +208,13 @@ class CropAxialRanged(MapTransform):
         return d
 
 
+# Tissue denser than this is patient (or table, or what lies on it); air, foam and lung are less dense.
 BODY_HU = -500.0
-"""Tissue denser than this is patient (or table, or what lies on it); air, foam and lung are less dense."""
 
 
+# A separate 3D component is patient when it holds at least this fraction of the largest one's voxels: both legs of a
+# limb scan are kept; the table (about 4 % of the body on the project's scans) and smaller objects are not.
 BODY_PART_FRACTION = 0.1
-"""A separate 3D component is patient when it holds at least this fraction of the largest one's voxels: both legs of
-a limb scan are kept; the table (about 4 % of the body on the project's scans) and smaller objects are not."""
 
 
 def body_mask(tissue: np.ndarray) -> np.ndarray:
@@ -248,11 +243,7 @@ class BoundToBodyd(MapTransform):
     """
 
     def __init__(
-        self,
-        keys: KeysCollection,
-        image_key: str = "image",
-        region_key: str = "region",
-        margin_voxels: int = 2,
+        self, keys: KeysCollection, image_key: str = "image", region_key: str = "region", margin_voxels: int = 2
     ) -> None:
         super().__init__(keys)
         self.image_key = image_key

@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 
 __all__ = [
     "DicomFiles",
@@ -37,19 +37,19 @@ __all__ = [
 
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 20.0
+# The most the slice stacking may deviate from the slice normal (gantry tilt) before a series is refused.
 MAX_TILT_DEGREES = 1.0
-"""The most the slice stacking may deviate from the slice normal (gantry tilt) before a series is refused."""
 HU_RANGE = (-1024.0, 3071.0)
 HU_MARGIN = 1000.0
+# CT values lie in ``HU_RANGE`` (12-bit CT); more than this fraction of voxels beyond it by ``HU_MARGIN`` (one padding
+# value below the range aside: the outside of the reconstruction circle) is a wrong rescale, not a scan.
 MAX_OUT_OF_RANGE_FRACTION = 0.01
-"""CT values lie in ``HU_RANGE`` (12-bit CT); more than this fraction of voxels beyond it by ``HU_MARGIN`` (one
-padding value below the range aside: the outside of the reconstruction circle) is a wrong rescale, not a scan."""
+# The largest scan screened (voxels on its own grid), so that memory stays within what app/app.yaml declares (12 GiB):
+# the app peaked at 8.4 GiB on a 512 x 512 x 432 series (113 M voxels; docs/deploy.md, "Memory"). A larger series is
+# refused; in a study the selector then takes the next screenable series (a thicker reconstruction).
 MAX_VOXELS = 512 * 512 * 500
-"""The largest scan screened (voxels on its own grid), so that memory stays within what app/app.yaml declares
-(12 GiB): the app peaked at 8.4 GiB on a 512 x 512 x 432 series (113 M voxels; docs/deploy.md, "Memory"). A larger
-series is refused; in a study the selector then takes the next screenable series (a thicker reconstruction)."""
+# The least extent along every axis (and, for DICOM, along the slice axis) that is worth screening.
 MIN_EXTENT_MM = 30.0
-"""The least extent along every axis (and, for DICOM, along the slice axis) that is worth screening."""
 
 
 class ExitStatus:
@@ -120,10 +120,10 @@ def check_complete(header: pydicom.Dataset, path: Path) -> None:
         )
 
 
+# UIDs every usable instance has: the outputs reference them (the Deploy SDK's loader drops instances without).
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-"""UIDs every usable instance has: the outputs reference them (the Deploy SDK's loader drops instances without)."""
+# Series that are results about images, not images: routine in a study (earlier runs' SEG and SR among them).
 DERIVED_MODALITIES = frozenset({"SEG", "SR", "KO", "PR", "RTSTRUCT", "REG"})
-"""Series that are results about images, not images: routine in a study (earlier runs' SEG and SR among them)."""
 
 
 @dataclass

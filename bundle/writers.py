@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from bundle.data import case_id_of
 from monai.config import KeysCollection
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform
-
-from bundle.data import case_id_of
 
 __all__ = [
     "atomic_path",

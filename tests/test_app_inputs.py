@@ -299,8 +299,7 @@ def test_full_134_slice_series(tmp_path, shared_data):
     for frame in seg.PerFrameFunctionalGroupsSequence:
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         assert np.allclose(
-            [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient],
-            [float(v) for v in positions[uid]],
+            [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient], [float(v) for v in positions[uid]]
         )
     for name in ("Pancreas-CT-CB_001",):
         assert name not in proc.stdout + proc.stderr

@@ -15,8 +15,8 @@ from pathlib import Path
 import pydicom
 import pytest
 import torch
-
 from bundle.cohort import SUMMARY
+
 from tests.bad_inputs import DICOM_CASES, NIFTI_CASES, TWO_SERIES, build_dicom, build_nifti
 from tests.conftest import ROOT, WritesAMarker
 from tests.test_app import TEST_OVERRIDES, make_bundle, run_app

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
-
 from bundle.benchmark import main, top_fraction_mask
 from bundle.inferer import GlanceFocusInferer
+from monai.bundle import ConfigParser
+
 from tests.conftest import ROOT
 
 CONFIGS = ["configs/inference.yaml", "configs/small.yaml"]
@@ -82,11 +82,10 @@ def test_benchmark_on_a_small_real_scan(shared_data, tmp_path, monkeypatch, caps
 
 def test_axial_range_screens_only_that_slab():
     """--axial_range_mm crops the real sample scan to the slab right after Orientationd: fewer slices, all in range."""
-    from monai.bundle import ConfigParser
-    from monai.transforms import Orientationd
-
     from bundle.benchmark import with_axial_crop
     from bundle.transforms import CropAxialRanged
+    from monai.bundle import ConfigParser
+    from monai.transforms import Orientationd
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs/inference.yaml"), str(ROOT / "configs/small.yaml")])

@@ -7,10 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser
-
 from bundle.calibrate import choose_lesion_score, choose_threshold, main, rewrite_threshold_line
 from bundle.checkpoint import WeightsError
+from monai.bundle import ConfigParser
+
 from tests.conftest import ROOT, reduced_datalist
 
 INFERENCE = ROOT / "configs/inference.yaml"

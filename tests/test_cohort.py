@@ -16,9 +16,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from bundle.cohort import SUMMARY, operating_point, pending
 from bundle.writers import CaseOutputs
+
 from tests.conftest import ROOT
 from tests.test_app import TEST_OVERRIDES, make_bundle
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bundle.datalist import build_datalist, main
 from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImage
-
-from bundle.datalist import build_datalist, main
 
 COMMITTED = Path(__file__).resolve().parents[1] / "configs" / "datalist.json"
 
@@ -173,11 +172,10 @@ def test_training_items_collate_across_lists(shared_data):
 def test_thorax_slab_host_has_lungs_and_ends_above_the_abdomen(shared_data):
     """The pancreatic-cancer series is a host only above z 385 mm: lungs in every slice of the slab (so synthetic
     nodules have room) and nothing of the scan below, where its unlabelled tumour lies."""
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
-
     from bundle.data import training_items
     from bundle.synthesis import hu_organ_masks, spacing_of
     from bundle.transforms import CropAxialRanged
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
     (item,) = [i for i in training_items(COMMITTED, shared_data) if i["id"] == "pancreas_ct_cb_001_thorax"]
     load = Compose(
@@ -200,9 +198,8 @@ def test_thorax_slab_host_has_lungs_and_ends_above_the_abdomen(shared_data):
 
 def test_crop_axial_range_on_a_known_grid():
     import torch
-    from monai.data import MetaTensor
-
     from bundle.transforms import CropAxialRanged
+    from monai.data import MetaTensor
 
     affine = torch.diag(torch.tensor([1.0, 1.0, 3.0, 1.0]))
     affine[2, 3] = 100.0  # slices at z = 100, 103, ..., 127 mm

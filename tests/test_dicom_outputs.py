@@ -14,9 +14,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from bundle.findings import lesion_colour
 
 from app.dicom_outputs import LESION_COUNT, SCHEME, build_seg, build_sr, unicode_headers
-from bundle.findings import lesion_colour
 
 NAMES = {
     # PS3.5 annex H and I examples: the first value empty is how Japanese and Korean studies usually declare them

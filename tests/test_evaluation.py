@@ -7,7 +7,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-
 from bundle.evaluation import LesionEvaluation
 from bundle.findings import lesion_findings
 

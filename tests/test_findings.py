@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
-from monai.transforms import LoadImage, Orientation
-
 from bundle.findings import LesionFindingsd, drop_low_score_lesions
 from bundle.inferer import GLANCE_FOCUS_KEY, GlanceFocusStats, stats_meta
 from bundle.transforms import BoundToBodyd
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, Orientation
+
 from tests.conftest import ROOT
 
 
@@ -42,10 +42,7 @@ def test_lesion_findings_transform_reports_only_lesions_above_the_min_score():
     weights = {"status": "trained"}
     both = LesionFindingsd("pred", weights, threshold=0.5, min_score=0.5)({"pred": pred})
     strong = LesionFindingsd("pred", weights, threshold=0.5, min_score=0.9)({"pred": pred})
-    assert [les["max_probability"] for les in both["findings"]["lesions"]] == [
-        0.97,
-        0.7,
-    ]
+    assert [les["max_probability"] for les in both["findings"]["lesions"]] == [0.97, 0.7]
     (lesion,) = strong["findings"]["lesions"]
     assert lesion["max_probability"] == 0.97 and lesion["voxels"] == 32
     assert strong["findings"]["lesion_min_score"] == 0.9 and strong["findings"]["lesion_count"] == 1

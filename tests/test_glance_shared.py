@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bundle.glance import feature_stride, receptive_radius, shared_window_logits, trunk_features, window_cells
 from bundle.inferer import GlanceFocusInferer
 from bundle.networks import GlanceNet
+
 from tests.conftest import ROOT
 
 ROI = (32, 32, 16)

@@ -7,9 +7,6 @@ import math
 
 import pytest
 import torch
-from monai.losses import DiceCELoss
-from monai.networks.nets import SwinUNETR
-
 from bundle.grl import (
     WindowCELoss,
     balanced_bce,
@@ -22,6 +19,8 @@ from bundle.grl import (
     window_has_lesion,
 )
 from bundle.networks import GlanceNet
+from monai.losses import DiceCELoss
+from monai.networks.nets import SwinUNETR
 
 
 def hits(n_hit: int, n: int) -> torch.Tensor:

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from bundle.inferer import GlanceFocusInferer, stats_of
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
-from bundle.inferer import GlanceFocusInferer, stats_of
 from tests.conftest import ROOT
 
 ROI = (96, 96, 64)

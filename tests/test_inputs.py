@@ -18,9 +18,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
-from monai.data import MetaTensor
-
 from bundle import validation, writers
 from bundle.checkpoint import WeightsError, load_weights
 from bundle.cohort import SUMMARY
@@ -29,6 +26,9 @@ from bundle.screening import output_folder_problem
 from bundle.transforms import ValidateCTd
 from bundle.validation import InvalidScanError
 from bundle.writers import SaveScanOutputsd, atomic_write_json
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import MetaTensor
+
 from tests.conftest import WritesAMarker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import SimpleITK as sitk
-from PIL import Image
-from scipy import ndimage
-
 from bundle.findings import LESION_COLOURS, lesion_colour
 from bundle.keyslice import main, render_key_slice
 from bundle.writers import atomic_write_nifti
+from PIL import Image
+from scipy import ndimage
+
 from tests.conftest import ROOT
 
 LUNG1 = ROOT / "sample_data" / "lung1"

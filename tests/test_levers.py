@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bundle.levers import _lever, measure_lever
 from bundle.networks import GlanceNet
 

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from bundle.evaluation import LesionEvaluation
 from bundle.metrics import dice, flare_dsc_nsd, healthy_scan_is_fp, lesion_detection, lesion_scores, nsd
 

@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 import torch
+from bundle.findings import label_lesions
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import LoadImage
 
-from bundle.findings import label_lesions
 from tests.conftest import ROOT
 
 MODEL = ROOT / "models/model.pt"

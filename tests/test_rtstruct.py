@@ -6,7 +6,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from bundle.rtstruct import main, rtstruct_to_label
 
 CASES = ("STS_001", "STS_002", "STS_003")

@@ -13,10 +13,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
-from monai.data import MetaTensor, load_decathlon_datalist
-from scipy import ndimage
-
 from bundle import synthesis
 from bundle.synthesis import (
     AORTA_LABEL,
@@ -34,6 +30,10 @@ from bundle.synthesis import (
     synthesize_lesion,
     unit_noise,
 )
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor, load_decathlon_datalist
+from scipy import ndimage
+
 from tests.conftest import ROOT
 
 TS = "totalsegmentator_example"

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from bundle.checkpoint import load_weights
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from bundle.checkpoint import load_weights
 from tests.conftest import ROOT, reduced_datalist
 
 TRAIN = [str(ROOT / "configs/train.yaml"), str(ROOT / "configs/small.yaml")]
@@ -291,9 +291,8 @@ def test_overfitting_one_lesion_scan(shared_data, tmp_path):
 def test_validation_reads_a_synthetic_set_through_the_training_preprocessing(tmp_path, shared_data):
     """--val_datalist/--val_dataset_dir: a set from `python -m bundle.synthesis` (lung nodule in the whole
     TotalSegmentator scan, `host_organ` not mistaken for an organ-map file) is what validation screens."""
-    from monai.bundle import ConfigParser
-
     from bundle import synthesis
+    from monai.bundle import ConfigParser
 
     out = tmp_path / "synthetic"
     synthesis.main(

@@ -65,9 +65,10 @@ def copy_entry(dest: Path) -> list[Path]:
         else:
             (dest / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest / item)
-    metadata = json.loads((ROOT / "metadata.json").read_text())
     (dest / "configs/metadata.json").unlink()  # the project links it to the root file; the Zoo wants the file
-    (dest / "configs/metadata.json").write_text(zoo_json(metadata))
+    shutil.copyfile(ROOT / "metadata.json", dest / "configs/metadata.json")
+    for record in dest.rglob("*.json"):  # same values, the Zoo's JSON layout (its pre-commit hook checks it)
+        record.write_text(zoo_json(json.loads(record.read_text())))
     inference = ConfigParser.load_config_file(ROOT / "configs/inference.yaml")
     (dest / "configs/inference.json").write_text(zoo_json(inference))
     files = [p for p in dest.rglob("*") if p.is_file()]

@@ -3,7 +3,7 @@ resampled by SimpleITK (linear) from 3.0 mm to 1.0 mm slices, written as NIfTI."
 
 import sys
 
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 
 reader = sitk.ImageSeriesReader()
 reader.SetFileNames(reader.GetGDCMSeriesFileNames(sys.argv[1]))
