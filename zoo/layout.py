@@ -40,7 +40,7 @@ ENTRY = [
     "models/README.md",
     "sample_data",
 ]
-LEFT_OUT = {"__pycache__", "deploy.md"}  # deploy.md documents app/, which the Zoo entry does not hold
+LEFT_OUT = {"__pycache__"}
 
 
 def zoo_json(data) -> str:
