@@ -28,7 +28,8 @@ def test_two_process_ddp_training_on_cpu(shared_data, tmp_path):
     """Also a staged start (--init_weights) under DDP: the run ends next to the file's weights, not a fresh seed's."""
     torch.save(_networks(123), tmp_path / "stage1.pt")
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    configs = "['configs/train.yaml','configs/small.yaml','configs/multi_gpu_train.yaml']"
+    # from another working folder: every path comes from --bundle_root (Model Zoo CI runs bundles from its root)
+    configs = str([str(ROOT / "configs" / f) for f in ("train.yaml", "small.yaml", "multi_gpu_train.yaml")])
     cmd = [
         torchrun, "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
         "-m", "monai.bundle", "run", "training", "--config_file", configs,
@@ -38,8 +39,8 @@ def test_two_process_ddp_training_on_cpu(shared_data, tmp_path):
         "--init_weights", str(tmp_path / "stage1.pt"),
         "--datalist", str(reduced_datalist(tmp_path / "datalist_reduced.json")),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     state = torch.load(tmp_path / "models/checkpoint_last.pt", weights_only=True)
     # 3 training scans split over 2 ranks (2 each, padded), 2 scans per step: one iteration per epoch on each rank

@@ -40,7 +40,7 @@ ENTRY = [
     "models/README.md",
     "sample_data",
 ]
-LEFT_OUT = {"__pycache__"}
+LEFT_OUT = {"__pycache__", "*.log"}  # run logs: the Zoo's .gitignore ignores *.log
 
 
 def zoo_json(data) -> str:
