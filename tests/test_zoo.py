@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,23 @@ def test_monai_bundle_load_returns_focus_with_every_shipped_tensor(entry):
     )
     for key, value in SHIPPED["glance"].items():
         assert torch.equal(glance.state_dict()[key], value), key
+
+
+def test_zoo_entry_screens_from_another_folder_without_the_package_installed(entry, tmp_path):
+    """A Zoo user's first command, run from another folder with --bundle_root, in an interpreter where ``bundle`` is
+    importable only from the bundle folder itself: ``-S`` skips the .pth files (this project's editable install),
+    PYTHONPATH keeps the installed libraries. MONAI puts the bundle root on sys.path when ``run`` starts."""
+    site_packages = sysconfig.get_paths()["purelib"]
+    command = [sys.executable, "-S", "-c", "import bundle"]
+    env = {**os.environ, "PYTHONPATH": site_packages}
+    assert subprocess.run(command, cwd=tmp_path, env=env, capture_output=True).returncode != 0
+    command = [sys.executable, "-S", "-m", "monai.bundle", "run", "--bundle_root", str(entry)]
+    command += ["--config_file", str(entry / "configs/inference.yaml"), "--output_dir", str(tmp_path / "out")]
+    out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    findings = json.loads((tmp_path / "out/lung1_image/lung1_image_findings.json").read_text())
+    assert findings["weights"]["status"] == "trained"
+    assert findings["weights"]["sha256"] == hashlib.sha256((ROOT / "models/model.pt").read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
