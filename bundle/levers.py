@@ -113,15 +113,19 @@ def _windows(pipeline: ScreeningPipeline, scan: str, count: int) -> torch.Tensor
     return torch.cat([padded[(slice(None), slice(None), *s)] for s in chosen]).to(pipeline.device)
 
 
-def _measure_network(name: str, net: torch.nn.Module, windows: torch.Tensor, batch: int, device, levers) -> dict:
-    base_seconds, base_out = measure_lever(net, windows, batch, torch.inference_mode)
+def _measure_network(
+    name: str, net: torch.nn.Module, windows: torch.Tensor, batch: int, device, levers, repeats: int
+) -> dict:
+    base_seconds, base_out = measure_lever(net, windows, batch, torch.inference_mode, repeats=repeats)
     base_prob = _probabilities(name, base_out)
     rows = {"inference_mode": {"seconds_per_window": base_seconds, "ratio": 1.0, "max_abs_diff": 0.0}}
     for lever in levers:
         spec = _lever(lever, net, batch, device)
         t0 = time.perf_counter()
         try:
-            seconds, out = measure_lever(spec["net"], windows, spec["batch_size"], spec["context"], spec["prepare"])
+            seconds, out = measure_lever(
+                spec["net"], windows, spec["batch_size"], spec["context"], spec["prepare"], repeats=repeats
+            )
         except Exception as e:  # a lever this machine cannot use (e.g. torch.compile without a compiler)
             rows[lever] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
             continue
@@ -160,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--input", required=True, help="one scan: a NIfTI/NRRD/MHA file or a DICOM series folder")
     parser.add_argument("--config_file", action="append", help="bundle configs, merged in order")
     parser.add_argument("--windows", type=int, default=8, help="windows to time each lever on (default 8)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed passes after the warm-up pass; the median counts (default 3)"
+    )
     parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS)
     parser.add_argument("--networks", nargs="+", default=["glance", "focus"], choices=("glance", "focus"))
     parser.add_argument(
@@ -175,12 +182,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "configs": configs,
         "input": args.input,
         "windows": len(windows),
+        "repeats": args.repeats,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": str(pipeline.device),
         "tolerance": args.tolerance,
         "networks": {
-            name: _measure_network(name, net, windows, pipeline.get(f"{name}_batch_size"), pipeline.device, args.levers)
+            name: _measure_network(
+                name, net, windows, pipeline.get(f"{name}_batch_size"), pipeline.device, args.levers, args.repeats
+            )
             for name, net in (("glance", pipeline.glance), ("focus", pipeline.focus))
             if name in args.networks
         },
