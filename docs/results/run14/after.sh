@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# After stage 7 (run 14), written before any of its figures was seen: the operating point on the tuning split only,
+# After stage 7 (run 14) and its continuations (runs 15, 16), written before any of their test figures was seen: the operating point on the tuning split only,
 # then the test split with the same command as the shipped model (screen with nothing dropped, evaluate at the
 # calibrated lesion_min_score), then Glance's window ranking on the test split. One torch process at a time.
 # Shipping rule (the one of runs 11 and 12, unchanged): the new model ships when, on the test split, its lesion
@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 . .venv/bin/activate
-NEW=${NEW:-models/stages/run14.pt}
-OUT=${OUT:-runs/model14}
+NEW=${NEW:?the weights to evaluate, e.g. models/stages/run16.pt}
+OUT=${OUT:?a folder for the records, e.g. runs/model16}
 STRIDE=docs/results/run14/stride2.yaml
 CFGS="--config_file configs/inference.yaml --config_file $STRIDE"
 mkdir -p "$OUT/eval_test"
