@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # After stage 7 (run 14) and its continuations (runs 15, 16), written before any of their test figures was seen: the
-# operating point on the tuning split only, then the test split with the same command as the shipped model (screen with nothing dropped, evaluate at the
-# calibrated lesion_min_score), then Glance's window ranking on the test split. One torch process at a time.
+# operating point on the tuning split only, then the test split with the same command as the shipped model (screen
+# with nothing dropped, evaluate at the calibrated lesion_min_score), then Glance's window ranking on the test split.
+# One torch process at a time.
 # Shipping rule (the one of runs 11 and 12, unchanged): the new model ships when, on the test split, its lesion
 # sensitivity and mean DSC are both above the shipped model's (1/11, 0.074) at <= 1.0 false positives per scan, and
 # it still finds lung1's nodule (the split's one chest lesion: this is a chest and abdomen screening model).
