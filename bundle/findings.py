@@ -72,12 +72,16 @@ LESION_SCORES = {"max_probability": ndimage.maximum, "mean_probability": ndimage
 
 
 def component_scores(lesion_prob: np.ndarray, labels: np.ndarray, n: int, score: str) -> np.ndarray:
-    """Each connected component's ``score`` (``LESION_SCORES``), rounded to the 4 decimals the findings report."""
+    """Each connected component's ``score`` (``LESION_SCORES``), rounded to the 4 decimals the findings report.
+
+    Measured over the labelled voxels only: scipy sorts every voxel it is given by label, and on a whole scan the
+    background is almost all of them (on the 134-slice series 35 M voxels, most of the postprocessing's time)."""
     if score not in LESION_SCORES:
         raise ValueError(f"score must be one of {sorted(LESION_SCORES)}, got {score!r}")
     if n == 0:
         return np.zeros(0)
-    return np.round(np.asarray(LESION_SCORES[score](lesion_prob, labels, index=np.arange(1, n + 1))), 4)
+    inside = labels > 0
+    return np.round(np.asarray(LESION_SCORES[score](lesion_prob[inside], labels[inside], index=np.arange(1, n + 1))), 4)
 
 
 def drop_low_score_lesions(

@@ -16,6 +16,7 @@ from scipy import ndimage
 __all__ = [
     "BODY_HU",
     "body_mask",
+    "fill_axial_holes",
     "BoundToBodyd",
     "CropAxialRanged",
     "ValidateCTd",
@@ -217,13 +218,27 @@ BODY_HU = -500.0
 BODY_PART_FRACTION = 0.1
 
 
+def fill_axial_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` of every axial slice (axis 2), in one labelling of the volume: a hole is a
+    background region, 4-connected within its slice, that does not reach the slice's edge. Same result as filling
+    slice by slice, without the per-slice iterative dilation (the most expensive part of the body bound)."""
+    mask = np.asarray(mask, dtype=bool)
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    regions, count = ndimage.label(~mask, structure=in_plane)
+    reaches_edge = np.zeros(count + 1, bool)
+    for edge in (regions[0], regions[-1], regions[:, 0], regions[:, -1]):
+        reaches_edge[edge] = True
+    reaches_edge[0] = False  # label 0 is the mask itself
+    return ~reaches_edge[regions]
+
+
 def body_mask(tissue: np.ndarray) -> np.ndarray:
     """The patient's body from a 3D tissue mask (axis 2 axial): each axial slice's tissue with its holes (lungs,
     bowel gas) filled, then the largest 3D connected component and any other of at least ``BODY_PART_FRACTION`` of
     it, which leaves out the table and what lies on it (positioning aids, cables, objects beside the patient)
     wherever they do not touch the patient."""
-    tissue = np.asarray(tissue, dtype=bool)
-    body = np.stack([ndimage.binary_fill_holes(tissue[..., z]) for z in range(tissue.shape[-1])], axis=-1)
+    body = fill_axial_holes(tissue)
     components, count = ndimage.label(body)
     if count <= 1:
         return body

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from bundle.findings import LesionFindingsd, drop_low_score_lesions
+from bundle.findings import LESION_SCORES, LesionFindingsd, component_scores, drop_low_score_lesions, label_lesions
 from bundle.inferer import GLANCE_FOCUS_KEY, GlanceFocusStats, stats_meta
 from bundle.transforms import BoundToBodyd
 from monai.data import MetaTensor
@@ -64,6 +64,19 @@ def test_mean_probability_score_drops_by_the_component_mean():
     assert not drop_low_score_lesions(prob, mask, round(strong_mean, 4) + 1e-4, score="mean_probability").any()
     with pytest.raises(ValueError, match="score must be one of"):
         drop_low_score_lesions(prob, mask, 0.7, score="median")
+
+
+@pytest.mark.parametrize("score", sorted(LESION_SCORES))
+def test_component_scores_equal_scipy_over_the_whole_volume(score):
+    """Scores measured over the labelled voxels only equal scipy's over every voxel (the reference), for many
+    components in a mostly empty volume, as on a whole scan."""
+    rng = np.random.default_rng(3)
+    prob = rng.random((60, 50, 20), dtype=np.float32) * 0.5
+    prob[rng.random(prob.shape) > 0.97] = 0.9
+    labels, n = label_lesions(prob >= 0.5)
+    assert n > 50
+    reference = np.round(LESION_SCORES[score](prob, labels, index=np.arange(1, n + 1)), 4)
+    np.testing.assert_array_equal(component_scores(prob, labels, n, score), reference)
 
 
 def test_findings_number_lesions_by_the_configured_score():
@@ -124,6 +137,24 @@ def test_no_finding_on_the_table_of_a_real_scan(shared_data):
     out = parser.get_parsed_content("postprocessing_core")(dict(data))
     lesions = out["findings"]["lesions"]
     assert len(lesions) == 1 and lesions[0]["volume_mm3"] >= 0.8 * 5 * 5 * 3 * 3.0  # the blob's 225 mm3, resampled
+
+
+def test_fill_axial_holes_equals_scipy_slice_by_slice():
+    """The one-labelling hole filling equals scipy's ``binary_fill_holes`` on every axial slice (the reference), on a
+    real chest CT's tissue mask (lungs and airways are its holes) and on a slice whose hole opens onto the edge."""
+    from bundle.transforms import BODY_HU, fill_axial_holes
+    from scipy import ndimage
+
+    image = LoadImage(image_only=True, reader="ITKReader")(str(ROOT / "sample_data" / "lung1" / "lung1_image.nrrd"))
+    tissue = np.asarray(image) > BODY_HU
+    ring = np.zeros((30, 30, 2), bool)
+    ring[5:25, 5:25] = True
+    ring[10:20, 10:20] = False  # a hole: filled
+    ring[12:14, 0:12, 1] = False  # in the second slice, a channel from that hole to the edge: not a hole any more
+    for mask in (tissue, ring):
+        reference = np.stack([ndimage.binary_fill_holes(mask[..., z]) for z in range(mask.shape[-1])], axis=-1)
+        assert reference.sum() > mask.sum()
+        np.testing.assert_array_equal(fill_axial_holes(mask), reference)
 
 
 def test_body_mask_keeps_both_legs_and_drops_a_table():
