@@ -33,6 +33,12 @@ done
 PAPER2="--config_file configs/inference.yaml --config_file $OUT/untrained_stem2.yaml"
 python -m bundle.benchmark --input $SERIES $PAPER2 --axial_range_mm 385 500 --keep_fraction 0.05 \
     --glance_modes windows shared --allow_untrained --output $OUT/paper_stem2_slab.json > $OUT/paper_stem2_slab.log 2>&1
+# the small strided-stem run again after the postprocessing's two exact speed-ups (commit c0c97f3: lesion scores over
+# the labelled voxels, axial hole filling in one labelling), on both scans
+python -m bundle.benchmark --input $SERIES $STEM2 --keep_fraction 0.05 0.1 --glance_modes windows --end_to_end \
+    --allow_untrained --output $OUT/small_stem2_134_post.json > $OUT/small_stem2_134_post.log 2>&1
+python -m bundle.benchmark --input $SCAN400 $STEM2 --keep_fraction 0.05 0.1 --glance_modes windows --end_to_end \
+    --allow_untrained --output $OUT/small_stem2_400_post.json > $OUT/small_stem2_400_post.log 2>&1
 # the paper-size networks with a strided stem on the whole 134-slice series and on its 400-slice copy (144 windows
 # each at the 3 mm inference grid; about 20 minutes of dense Focus each on this CPU): Glance's cost as a fraction of
 # dense, both Glance modes, a forced keep fraction of 0.05, end to end
