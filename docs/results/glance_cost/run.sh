@@ -7,7 +7,9 @@ SCAN400=runs/series_400.nii.gz  # made here, not committed: the 134 real slices 
 mkdir -p runs
 [ -f $SCAN400 ] || python $OUT/make_400_slices.py $SERIES $SCAN400
 SMALL="--config_file configs/inference.yaml --config_file configs/small.yaml --config_file $OUT/untrained_batchnorm.yaml"
-PAPER="--config_file configs/inference.yaml --config_file $OUT/untrained.yaml"
+# the paper sizes come from configs/paper_size.yaml (inference.yaml built them itself when the slab records were made,
+# at 7a2955a; it now builds the shipped CPU sizes)
+PAPER="--config_file configs/inference.yaml --config_file configs/paper_size.yaml --config_file $OUT/untrained.yaml"
 SWEEP="--keep_fraction 0.05 0.1 0.167 0.3 --glance_modes windows shared --end_to_end --allow_untrained"
 python -m bundle.benchmark --input $SERIES $SMALL $SWEEP --output $OUT/small_134.json > $OUT/small_134.log 2>&1
 python -m bundle.benchmark --input $SCAN400 $SMALL --keep_fraction 0.05 0.167 --glance_modes shared --end_to_end \
@@ -30,7 +32,7 @@ for NET in glance focus; do
         > $OUT/levers_bf16_compile_$NET.log 2>&1
 done
 # the paper-size networks with a strided stem, same slab
-PAPER2="--config_file configs/inference.yaml --config_file $OUT/untrained_stem2.yaml"
+PAPER2="--config_file configs/inference.yaml --config_file configs/paper_size.yaml --config_file $OUT/untrained_stem2.yaml"
 python -m bundle.benchmark --input $SERIES $PAPER2 --axial_range_mm 385 500 --keep_fraction 0.05 \
     --glance_modes windows shared --allow_untrained --output $OUT/paper_stem2_slab.json > $OUT/paper_stem2_slab.log 2>&1
 # the small strided-stem run again after the postprocessing's two exact speed-ups (commit c0c97f3: lesion scores over
