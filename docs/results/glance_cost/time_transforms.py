@@ -35,4 +35,5 @@ for _ in range(30):
 prob[0] = 1 - prob[1]
 windows = torch.ones(144, dtype=torch.bool)
 stats = [GlanceFocusStats(scores=windows.float(), keep=windows, threshold=None, glance_seconds=0.0)]
-timed(pipeline.postprocessing_core.transforms, {**data, "pred": GlanceFocusInferer.prediction(prob, stats, image)}, "post")
+pred = GlanceFocusInferer.prediction(prob, stats, image)
+timed(pipeline.postprocessing_core.transforms, {**data, "pred": pred}, "post")
