@@ -48,3 +48,12 @@ python -m bundle.benchmark --input $SERIES $PAPER2 --keep_fraction 0.05 --glance
     --end_to_end --allow_untrained --output $OUT/paper_stem2_134.json > $OUT/paper_stem2_134.log 2>&1
 python -m bundle.benchmark --input $SCAN400 $PAPER2 --keep_fraction 0.05 --glance_modes windows shared \
     --end_to_end --allow_untrained --output $OUT/paper_stem2_400.json > $OUT/paper_stem2_400.log 2>&1
+# the lesion-free stretch (the series' lung bases, 385-500 mm: 34 slices) as a scan of its own, end to end, each run's
+# postprocessing and writing timed on its own output: keep fraction 0 is a Glance that keeps nothing on a stretch
+# without lesions, 0.05 one that keeps two or three windows
+STRETCH=runs/series_stretch.nii.gz  # made here, not committed
+python $OUT/make_stretch.py $SERIES $STRETCH
+python -m bundle.benchmark --input $STRETCH $STEM2 --keep_fraction 0 0.05 --glance_modes windows --end_to_end \
+    --allow_untrained --output $OUT/small_stem2_stretch.json > $OUT/small_stem2_stretch.log 2>&1
+python -m bundle.benchmark --input $STRETCH $PAPER2 --keep_fraction 0 0.05 --glance_modes windows --end_to_end \
+    --allow_untrained --output $OUT/paper_stem2_stretch.json > $OUT/paper_stem2_stretch.log 2>&1
