@@ -280,12 +280,18 @@ class BoundToBodyd(MapTransform):
         region = d.get(self.region_key)
         if not region:
             raise KeyError(f"item has no {self.region_key!r}: the body threshold depends on the region's window.")
-        body = torch.from_numpy(self.body(d[self.image_key], str(region)))
+        shape = tuple(d[self.image_key].shape[1:])
+        body = None
         for key in self.key_iterator(d):
             prob = d[key]
-            if prob.shape[0] != 2 or tuple(prob.shape[1:]) != tuple(body.shape):
-                raise ValueError(f"{key}: expected a 2-channel map on the image's grid {tuple(body.shape)}")
-            bounded = prob[1:] * body.to(prob.device, prob.dtype)
+            if prob.shape[0] != 2 or tuple(prob.shape[1:]) != shape:
+                raise ValueError(f"{key}: expected a 2-channel map on the image's grid {shape}")
+            if not prob[1].any():  # Focus left the map empty (Glance kept no window): nothing to bound
+                bounded = prob[1:].clone()
+            else:
+                if body is None:
+                    body = torch.from_numpy(self.body(d[self.image_key], str(region)))
+                bounded = prob[1:] * body.to(prob.device, prob.dtype)
             d[key] = (
                 MetaTensor(bounded, meta=prob.meta, applied_operations=prob.applied_operations)
                 if isinstance(prob, MetaTensor)

@@ -139,6 +139,24 @@ def test_no_finding_on_the_table_of_a_real_scan(shared_data):
     assert len(lesions) == 1 and lesions[0]["volume_mm3"] >= 0.8 * 5 * 5 * 3 * 3.0  # the blob's 225 mm3, resampled
 
 
+def test_bound_to_body_of_an_empty_map_needs_no_body_mask(monkeypatch):
+    """Glance kept no window: the lesion channel is all zeros, so bounding it cannot change it and the body mask (a
+    labelling of the whole scan) is not computed; the output is still the 1-channel map with its metadata."""
+
+    def no_body(*_):
+        raise AssertionError("the body mask was computed for an empty map")
+
+    monkeypatch.setattr(BoundToBodyd, "body", no_body)
+    image = MetaTensor(torch.rand(1, 20, 16, 8))
+    prob = MetaTensor(torch.stack([torch.ones(20, 16, 8), torch.zeros(20, 16, 8)]), meta={"marker": 7})
+    out = BoundToBodyd("pred")({"image": image, "pred": prob, "region": "abdomen"})["pred"]
+    assert isinstance(out, MetaTensor) and out.meta["marker"] == 7
+    assert out.shape == (1, 20, 16, 8) and not out.any()
+    prob[1, 3, 3, 3] = 0.5  # one candidate voxel: now the body is needed
+    with pytest.raises(AssertionError, match="body mask was computed"):
+        BoundToBodyd("pred")({"image": image, "pred": prob, "region": "abdomen"})
+
+
 def test_fill_axial_holes_equals_scipy_slice_by_slice():
     """The one-labelling hole filling equals scipy's ``binary_fill_holes`` on every axial slice (the reference), on a
     real chest CT's tissue mask (lungs and airways are its holes) and on a slice whose hole opens onto the edge."""
