@@ -234,11 +234,14 @@ def fill_axial_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def body_mask(tissue: np.ndarray) -> np.ndarray:
-    """The patient's body from a 3D tissue mask (axis 2 axial): each axial slice's tissue with its holes (lungs,
-    bowel gas) filled, then the largest 3D connected component and any other of at least ``BODY_PART_FRACTION`` of
-    it, which leaves out the table and what lies on it (positioning aids, cables, objects beside the patient)
-    wherever they do not touch the patient."""
-    body = fill_axial_holes(tissue)
+    """The patient's body from a 3D tissue mask (axis 2 axial): the tissue opened in-plane by a 3 x 3 square, which cuts
+    the table's thin shells where they touch the patient's back (unopened, they join the table to the patient and
+    enclose the air under it), each axial slice's holes (lungs, bowel gas) filled, then the largest 3D connected
+    component and any other of at least ``BODY_PART_FRACTION`` of it, which leaves out the table and what lies on it
+    (positioning aids, cables, objects beside the patient) wherever they do not touch the patient."""
+    square = np.zeros((3, 3, 3), bool)
+    square[:, :, 1] = True  # a 3 x 3 in-plane square: opening keeps rectangles and every body outline but its pixels
+    body = fill_axial_holes(ndimage.binary_opening(np.asarray(tissue, dtype=bool), square))
     components, count = ndimage.label(body)
     if count <= 1:
         return body

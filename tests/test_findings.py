@@ -188,6 +188,40 @@ def test_body_mask_keeps_both_legs_and_drops_a_table():
     assert not body[5:55, 2:4].any()
 
 
+def test_body_mask_cuts_a_table_shell_that_touches_the_patient():
+    """A patient lying on a table whose thin curved shell touches the back and encloses air under it (as the
+    134-slice series' table does): the body is the patient alone, not the shell nor the air it encloses, and the
+    patient's own holes (a lung) stay filled."""
+    from bundle.transforms import body_mask
+    from scipy import ndimage
+
+    rows, cols = np.mgrid[:80, :80]
+    patient = ((rows - 30) / 20.0) ** 2 + ((cols - 40) / 30.0) ** 2 <= 1  # back at row 50
+    lung = ((rows - 28) / 8.0) ** 2 + ((cols - 30) / 6.0) ** 2 <= 1
+    shell = np.zeros((80, 80), bool)
+    shell[50, 5:75] = True  # the table top, 1 voxel thick, touching the back
+    shell[50:70, 5] = shell[50:70, 74] = shell[70, 5:75] = True  # its sides and bottom: air enclosed under it
+    tissue = np.repeat(((patient & ~lung) | shell)[..., None], 6, axis=2)
+    body = body_mask(tissue)[..., 3]
+    assert body[ndimage.binary_erosion(patient)].all()  # the patient, lung filled, but for outline pixels
+    assert not body[~ndimage.binary_dilation(patient)].any()  # neither the shell (beyond the touching pixels)
+    assert not body[52:69, 7:73].any()  # nor the air under it
+
+
+def test_body_mask_of_a_real_scan_leaves_out_its_table(shared_data):
+    """On the series' original grid (the grid lesion synthesis uses), neither the table (dense voxels behind the
+    patient's back) nor the air its curved shell encloses is body; every voxel of the patient's abdomen is."""
+    from bundle.synthesis import load_ras
+    from bundle.transforms import BODY_HU, body_mask
+
+    hu = load_ras(shared_data / "tcia_pancreatic_ct_cbct_seg_full_series" / "dicom")[0].numpy()
+    body = body_mask(hu > BODY_HU)
+    behind_back = np.zeros(hu.shape, bool)
+    behind_back[:, :100, :] = True  # posterior rows 0-99: the table (the patient starts at row ~110)
+    assert (hu[behind_back] > 200).sum() > 1000 and not body[behind_back].any()
+    assert body[200:312, 200:300, 60:75].all()  # the middle of the abdomen
+
+
 def test_longest_axial_diameter_and_its_ends():
     """A 10 x 4 voxel rectangle on one slice of a 0.8 x 0.8 x 2.5 mm grid: the caliper runs corner to corner of its
     footprint (the diagonal), its ends are that far apart, on the rectangle's slice, in LPS."""
