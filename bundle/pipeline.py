@@ -1,10 +1,11 @@
 """One screening pipeline, built from the bundle configs by config id.
 
-The configs declare every piece once: ``setup`` (seed, output folder, then ``weights``: both networks' weights loaded
-with ``weights_only=True``), ``preprocessing`` (a scan path in) and its ``preprocessing_core`` (a loaded volume in),
-``inferer``, ``postprocessing_core`` (lesion map and findings on the scan's grid) and ``save`` (the writer).
-``python -m monai.bundle run`` runs them through the config's ``evaluator``; the Deploy app, calibration and the
-benchmark get them from ``build_pipeline``, which reads the same ids in the same order, so all four screen alike.
+The configs declare every piece once: ``prepare`` (seed, then ``weights``: both networks' weights loaded with
+``weights_only=True``; ``setup`` claims the output folder before it, for the runs that write there), ``preprocessing``
+(a scan path in) and its ``preprocessing_core`` (a loaded volume in), ``inferer``, ``postprocessing_core`` (lesion map
+and findings on the scan's grid) and ``save`` (the writer). ``python -m monai.bundle run`` runs them through the
+config's ``evaluator``; the Deploy app, calibration and the benchmark get them from ``build_pipeline``, which reads the
+same ids in the same order, so all four screen alike.
 """
 
 from __future__ import annotations
@@ -70,13 +71,14 @@ def _parsed(parser: ConfigParser, config_id: str):
 def build_pipeline(
     config_files: Sequence[str | os.PathLike], overrides: Mapping[str, object] | None = None
 ) -> ScreeningPipeline:
-    """Parse ``config_files`` (merged in order) with ``overrides``, run their ``setup`` (seed, weights) and
-    return the pieces. Raises ``WeightsError`` when the weights are missing (unless ``allow_untrained``) or unusable.
+    """Parse ``config_files`` (merged in order) with ``overrides``, run their ``prepare`` (seed, weights) and
+    return the pieces. No output folder is claimed: the callers screen in memory and write where they were told.
+    Raises ``WeightsError`` when the weights are missing (unless ``allow_untrained``) or unusable.
     """
     parser = ConfigParser()
     parser.read_config([str(f) for f in config_files])
     parser.update(dict(overrides or {}))
-    _parsed(parser, "setup")
+    _parsed(parser, "prepare")
     weights = _parsed(parser, "weights")
     return ScreeningPipeline(
         parser=parser,

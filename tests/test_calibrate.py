@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from bundle.calibrate import choose_lesion_score, choose_threshold, main, rewrite_threshold_line
 from bundle.checkpoint import WeightsError
+from bundle.pipeline import build_pipeline
+from bundle.screening import ExitStatus
 from monai.bundle import ConfigParser
 
 from tests.conftest import ROOT, reduced_datalist
@@ -225,3 +230,26 @@ def test_real_lesion_calibration_screens_with_the_calibrated_threshold(shared_da
     assert parsed.get_parsed_content("glance_threshold") == record["result"]["threshold"]
     (line,) = [line for line in config.read_text().splitlines() if line.startswith("lesion_min_score:")]
     assert "UNTRAINED" in line and "lesion sensitivity >= 1.0" in line
+
+
+def test_in_memory_pipeline_claims_no_output_folder(tmp_path):
+    """Calibration, the benchmark and the Deploy app screen in memory: building their pipeline neither creates the
+    config's output folder, nor needs it writable (a read-only bundle folder), nor is refused one that a screening run
+    holds (flock(1) here), as `run` is."""
+    missing, held = tmp_path / "missing", tmp_path / "held"
+    held.mkdir()
+    holder = subprocess.Popen(["flock", "--close", str(held), "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 30
+        while not any(row.split()[4] == str(holder.pid) for row in Path("/proc/locks").read_text().splitlines()):
+            assert time.monotonic() < deadline, "flock(1) did not take the lock"
+            time.sleep(0.1)
+        for folder in (missing, Path("/proc/no-such-folder/eval"), held):
+            pipeline = build_pipeline([INFERENCE], {"output_dir": str(folder)})
+            assert pipeline.weights["status"] == "trained"  # the shipped weights, loaded
+        assert not missing.exists()
+        with pytest.raises(SystemExit) as refused:  # what `run` does first: the held folder is refused
+            pipeline.parser.get_parsed_content("setup")
+        assert refused.value.code == ExitStatus.OUTPUT_IN_USE
+    finally:
+        holder.kill()
