@@ -1,5 +1,9 @@
 import json
 import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +31,22 @@ def reduced_datalist(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(reduced))
     return path
+
+
+@contextmanager
+def held_by_another_process(folder: Path) -> Iterator[None]:
+    """``folder`` locked by flock(1) in another process, as a running screening holds its output folder; unlocked
+    (the holder ended) on leaving."""
+    holder = subprocess.Popen(["flock", "--close", str(folder), "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 30
+        while not any(row.split()[4] == str(holder.pid) for row in Path("/proc/locks").read_text().splitlines()):
+            assert time.monotonic() < deadline, "flock(1) did not take the lock"
+            time.sleep(0.1)
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 class WritesAMarker:

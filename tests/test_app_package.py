@@ -8,9 +8,7 @@ from __future__ import annotations
 import ast
 import logging
 import re
-import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import yaml
 from app.app import main
 from app.cases import ExitStatus
 from app.model import ModelPathError, bundle_root_of
-from tests.conftest import ROOT
+from tests.conftest import ROOT, held_by_another_process
 
 
 def canonical(name: str) -> str:
@@ -148,16 +146,8 @@ def test_output_folder_held_by_another_run_exits_6_before_loading_the_model(tmp_
     (tmp_path / "in").mkdir()
     (tmp_path / "out").mkdir()
     args = ["app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "in")]
-    holder = subprocess.Popen(["flock", "--close", str(tmp_path / "out"), "sleep", "60"])  # flock(1) holds it
-    try:
-        deadline = time.monotonic() + 30
-        while not any(row.split()[4] == str(holder.pid) for row in Path("/proc/locks").read_text().splitlines()):
-            assert time.monotonic() < deadline, "flock(1) did not take the lock"
-            time.sleep(0.1)
+    with held_by_another_process(tmp_path / "out"):
         assert main(args) == ExitStatus.OUTPUT_IN_USE
         assert "is in use by another screening run" in capfd.readouterr().err
-    finally:
-        holder.kill()
-        holder.wait()
     assert main(args) == ExitStatus.WEIGHTS
     assert list((tmp_path / "out").iterdir()) == []

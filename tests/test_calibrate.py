@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from bundle.pipeline import build_pipeline
 from bundle.screening import ExitStatus
 from monai.bundle import ConfigParser
 
-from tests.conftest import ROOT, reduced_datalist
+from tests.conftest import ROOT, held_by_another_process, reduced_datalist
 
 INFERENCE = ROOT / "configs/inference.yaml"
 SMALL = ROOT / "configs/small.yaml"
@@ -238,12 +236,7 @@ def test_in_memory_pipeline_claims_no_output_folder(tmp_path):
     holds (flock(1) here), as `run` is."""
     missing, held = tmp_path / "missing", tmp_path / "held"
     held.mkdir()
-    holder = subprocess.Popen(["flock", "--close", str(held), "sleep", "60"])
-    try:
-        deadline = time.monotonic() + 30
-        while not any(row.split()[4] == str(holder.pid) for row in Path("/proc/locks").read_text().splitlines()):
-            assert time.monotonic() < deadline, "flock(1) did not take the lock"
-            time.sleep(0.1)
+    with held_by_another_process(held):
         for folder in (missing, Path("/proc/no-such-folder/eval"), held):
             pipeline = build_pipeline([INFERENCE], {"output_dir": str(folder)})
             assert pipeline.weights["status"] == "trained"  # the shipped weights, loaded
@@ -251,5 +244,3 @@ def test_in_memory_pipeline_claims_no_output_folder(tmp_path):
         with pytest.raises(SystemExit) as refused:  # what `run` does first: the held folder is refused
             pipeline.parser.get_parsed_content("setup")
         assert refused.value.code == ExitStatus.OUTPUT_IN_USE
-    finally:
-        holder.kill()
