@@ -6,9 +6,10 @@
 # Shipping rule (the one of runs 11 and 12, unchanged): the new model ships when, on the test split, its lesion
 # sensitivity and mean DSC are both above the shipped model's (1/11, 0.074) at <= 1.0 false positives per scan, and
 # it still finds lung1's nodule (the split's one chest lesion: this is a chest and abdomen screening model).
-# Added after run 21 (which met the rule above with half of lung1's nodule, two 4-5 ml false positives beside it and 34 findings on the abdominal
-# series), before any later stage runs: its NSD is not below the shipped model's (0.087), lung1's nodule is found with
-# a DSC >= 0.5 on that scan, and it reports at most twice the shipped model's 7 findings on the unlabelled pancreatic-cancer series.
+# Added after run 21 (which met the rule above with half of lung1's nodule, two 4-5 ml false positives beside it and
+# 34 findings on the abdominal series), before any later stage runs: its NSD is not below the shipped model's (0.087),
+# lung1's nodule is found with a DSC >= 0.5 on that scan, and it reports at most twice the shipped model's 7 findings
+# on the unlabelled pancreatic-cancer series.
 # Usage from the project root: NEW=<weights> OUT=<folder> docs/results/run14/after.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
