@@ -216,7 +216,7 @@ def list_inputs(
     return items
 
 
-TRAINING_KEYS = ("id", "image", "label", "organ", "region", "axial_range_mm")
+TRAINING_KEYS = ("id", "image", "label", "organ", "region", "axial_range_mm", "hard_negatives_mm")
 
 
 def training_items(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+from bundle.findings import RAS_TO_LPS
 from bundle.validation import MIN_EXTENT_MM, InvalidScanError, check_ct_volume
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -24,6 +25,7 @@ __all__ = [
     "RegionWindowd",
     "StampTimed",
     "EnsureLabeld",
+    "HardNegativeWeightsd",
     "HU_WINDOWS",
     "region_window",
 ]
@@ -170,6 +172,50 @@ class EnsureLabeld(MapTransform):
         for key in self.keys:
             if key not in d:
                 d[key] = torch.zeros_like(d[self.image_key], dtype=torch.uint8)
+        return d
+
+
+class HardNegativeWeightsd(MapTransform):
+    """A crop-centre weight map on the image's grid from the item's hard negatives, for ``RandWeightedCropd``.
+
+    ``points_key`` lists ``[x, y, z, weight]`` per hard negative: a lesion-free place (DICOM patient coordinates, LPS
+    mm, as the findings' ``centroid_mm``) where a model reported a lesion (``python -m bundle.hard_negatives``). Each
+    point that falls inside the grid puts its weight on its nearest voxel, moved inwards to the nearest voxel a crop of
+    ``spatial_size`` can be centred on (``RandWeightedCropd`` ignores weights nearer the border than half a crop), so
+    every crop drawn for it holds it; points outside (a host's slab cropped away) are dropped. An item with no point
+    inside gets an all-zero map, on which ``RandWeightedCropd`` samples crop centres uniformly. Put it after the last
+    transform that changes the grid (the affine of the ``MetaTensor`` locates the points).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int],
+        points_key: str = "hard_negatives_mm",
+        weight_key: str = "hard_negative",
+    ):
+        super().__init__(keys)
+        self.spatial_size = np.asarray(spatial_size, dtype=int)
+        self.points_key = points_key
+        self.weight_key = weight_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        image = d[self.first_key(d)]
+        weights = torch.zeros((1, *image.shape[1:]), dtype=torch.float32)
+        points = np.asarray(d.get(self.points_key) or np.zeros((0, 4)), dtype=np.float64).reshape(-1, 4)
+        if len(points):
+            affine = np.asarray(image.affine, dtype=np.float64)
+            ras = points[:, :3] @ RAS_TO_LPS  # LPS -> RAS: the same flip
+            voxels = np.rint((np.linalg.inv(affine) @ np.c_[ras, np.ones(len(ras))].T)[:3].T).astype(int)
+            shape = np.asarray(image.shape[1:])
+            inside = np.all((voxels >= 0) & (voxels < shape), axis=1)
+            # RandWeightedCropd's centre range (monai.transforms.utils.weighted_patch_samples); one voxel if smaller
+            low = np.where(shape > self.spatial_size, self.spatial_size // 2, shape // 2)
+            high = np.where(shape > self.spatial_size, shape - self.spatial_size + self.spatial_size // 2 - 1, low)
+            for (i, j, k), w in zip(np.clip(voxels[inside], low, high), points[inside, 3]):
+                weights[0, i, j, k] += float(w)
+        d[self.weight_key] = weights
         return d
 
 
