@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -360,6 +361,9 @@ def test_glance_stage_trains_glance_alone_and_writes_focus_back_unchanged(shared
     trainer = wf.parser.get_parsed_content("train#trainer")
     losses = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    # an iteration can take under the 1 s limit: this handler, registered before the time limit's, makes the first
+    # one last longer, so the limit ends the stage after it whatever the machine's speed
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: time.sleep(1.1))
     wf.run()
     assert trainer.network is wf.parser.get_parsed_content("glance")
     # 4 training scans, 4 per step: an iteration per epoch; the 1 s time limit ends the stage after the first
