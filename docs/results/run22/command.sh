@@ -5,8 +5,8 @@
 # at <= 1 false positive per scan, models/stages/run19.pt) first screens its own training scans and synthesis hosts
 # with Focus on every window (`bundle.hard_negatives`); its strongest false positives (up to 8 per scan, centroids in
 # patient mm) go into a copy of the datalist, committed beside this script. Training then centres half of the scans'
-# crops on them (`--hard_negative_prob 0.5`, MONAI RandWeightedCropd), the other half 1 lesion : 1 background as
-# before (`--crop_neg 1`), with the hosts 4 times per epoch, synthesis on 60 % of items, learning rate 2e-4, a
+# crops on them (`--hard_negative_prob 0.5`, MONAI RandWeightedCropd), the other half 1 lesion : 1 background (runs
+# 19-21: 1 : 2; `--crop_neg 1`), with the hosts 4 times per epoch, synthesis on 60 % of items, learning rate 2e-4, a
 # 10-epoch cosine schedule validated at epochs 5 and 10, seed 22. Written and committed before it runs. Then,
 # unchanged: NEW=runs/model22/models/model.pt OUT=runs/model22 docs/results/run14/after.sh (its shipping rule).
 set -euo pipefail
