@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datalist", default="configs/datalist.json")
     p.add_argument("--dataset_dir", default="../shared/data")
     p.add_argument("--top", type=int, default=8, help="at most this many hard negatives per scan")
+    p.add_argument(
+        "--accumulate",
+        action="store_true",
+        help="keep the input datalist's hard_negatives_mm after the new ones (bootstrapping rounds: a later model's "
+        "false positives join the earlier model's instead of replacing them)",
+    )
     p.add_argument("--output", required=True, help="the datalist copy to write (JSON, atomically)")
     return p
 
@@ -95,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             if gt is not None and gt.shape != numbers.shape:
                 raise ValueError(f"{item['id']}: label grid {gt.shape} is not the scan's {numbers.shape}")
             points = hard_negatives(out["findings"]["lesions"], numbers, gt, args.top, item.get("axial_range_mm"))
-            raw["hard_negatives_mm"] = points
+            previous = raw.get("hard_negatives_mm", []) if args.accumulate else []
+            raw["hard_negatives_mm"] = points + [p for p in previous if p not in points]
             per_scan[item["id"]] = len(points)
             logger.info(
                 "%s: %d predicted lesion(s), %d hard negative(s) kept",
@@ -103,13 +110,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 len(out["findings"]["lesions"]),
                 len(points),
             )
-    datalist["hard_negatives"] = {
+    record = {
         "command": shlex.join(["python", "-m", "bundle.hard_negatives", *(argv if argv is not None else sys.argv[1:])]),
         "weights": pipeline.weights,
         "glance_threshold": pipeline.get("glance_threshold"),
         "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "per_scan": per_scan,
     }
+    if args.accumulate and "hard_negatives" in datalist:
+        record["previous"] = datalist["hard_negatives"]
+    datalist["hard_negatives"] = record
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.output) as tmp:
         Path(tmp).write_text(json.dumps(datalist, indent=1) + "\n")
