@@ -11,6 +11,9 @@ and ``--hard_negative_prob q`` centres a scan's crops on them with probability q
 with lesions, shown to both networks as lesion-free windows (method.md 3: the reward and the class-balanced CE;
 Focus's Dice-CE on a zero label).
 
+``--accumulate`` keeps the input datalist's points after the new ones: a second round mines with the model trained on
+the first round's points and adds its own false positives (bootstrapping).
+
 A synthesis host has no label: every lesion it reports is taken as a false positive, so only hosts whose known disease
 lies outside the sampled region (``axial_range_mm``) or that hold none belong in that list. Example::
 

@@ -66,11 +66,13 @@ def test_hard_negatives_are_the_predictions_that_touch_no_lesion_strongest_first
 
 def test_mining_a_real_sarcoma_scan_with_the_shipped_weights(shared_data, tmp_path):
     """The shipped model on a real training sarcoma: the points it writes lie outside the tumour, strongest first,
-    at most ``--top`` per scan, and the input datalist is left as it was."""
+    at most ``--top`` per scan, an earlier round's point and record kept after them (``--accumulate``), and the
+    input datalist is left as it was."""
     source = json.loads((ROOT / "configs/datalist.json").read_text())
-    item = next(i for i in source["training"] if i["id"] == "STS_018")
+    earlier = [1.0, 2.0, 3.0, 0.42]
+    item = {**next(i for i in source["training"] if i["id"] == "STS_018"), "hard_negatives_mm": [earlier]}
     datalist = tmp_path / "datalist.json"
-    datalist.write_text(json.dumps({"training": [item]}))
+    datalist.write_text(json.dumps({"training": [item], "hard_negatives": {"command": "round 1"}}))
     before = datalist.read_bytes()
     out = tmp_path / "mined" / "datalist.json"
     main(
@@ -81,12 +83,14 @@ def test_mining_a_real_sarcoma_scan_with_the_shipped_weights(shared_data, tmp_pa
             "--datalist", str(datalist),
             "--dataset_dir", str(shared_data),
             "--top", "3",
+            "--accumulate",
             "--output", str(out),
         ]
     )  # fmt: skip
     assert datalist.read_bytes() == before
     mined = json.loads(out.read_text())
-    points = mined["training"][0]["hard_negatives_mm"]
+    *points, kept = mined["training"][0]["hard_negatives_mm"]
+    assert kept == earlier and mined["hard_negatives"]["previous"] == {"command": "round 1"}
     assert 1 <= len(points) <= 3 and mined["hard_negatives"]["per_scan"] == {"STS_018": len(points)}
     scores = [p[3] for p in points]
     assert scores == sorted(scores, reverse=True) and min(scores) >= 0.5
