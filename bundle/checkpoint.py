@@ -8,13 +8,35 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["WeightsError", "load_weights"]
+__all__ = ["WeightsError", "load_weights", "read_weights"]
 
 logger = logging.getLogger("gf_screen.checkpoint")
 
 
 class WeightsError(RuntimeError):
     """The weights file is missing, unreadable or does not fit the configured networks."""
+
+
+def read_weights(path: str | Path) -> dict:
+    """The ``{"glance": state_dict, "focus": state_dict}`` in ``path``, read with ``weights_only=True``.
+
+    Raises ``WeightsError`` for an unreadable or unsafe file, another structure, or a tensor holding NaN or infinity.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for missing, corrupt or unsafe pickles
+        raise WeightsError(f"cannot read weights {path}: {e}") from e
+    if not isinstance(state, dict) or not {"glance", "focus"} <= state.keys():
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise WeightsError(f"{path} must hold a dict with 'glance' and 'focus' state dicts, found {found}.")
+    for name in ("glance", "focus"):
+        broken = [
+            k for k, v in state[name].items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+        ]
+        if broken:
+            raise WeightsError(f"{path}: {len(broken)} {name} tensor(s) hold NaN or infinity (first: {broken[0]}).")
+    return state
 
 
 def load_weights(
@@ -34,19 +56,8 @@ def load_weights(
             )
         logger.warning("No weights at %s: the networks are UNTRAINED; findings are not results.", path)
         return {"status": "untrained", "file": None, "note": "random initialisation; these findings are not results"}
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or unsafe pickles
-        raise WeightsError(f"cannot read weights {path}: {e}") from e
-    if not isinstance(state, dict) or not {"glance", "focus"} <= state.keys():
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise WeightsError(f"{path} must hold a dict with 'glance' and 'focus' state dicts, found {found}.")
+    state = read_weights(path)
     for name, net in (("glance", glance), ("focus", focus)):
-        broken = [
-            k for k, v in state[name].items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
-        ]
-        if broken:
-            raise WeightsError(f"{path}: {len(broken)} {name} tensor(s) hold NaN or infinity (first: {broken[0]}).")
         try:
             net.load_state_dict(state[name])
         except RuntimeError as e:

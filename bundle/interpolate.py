@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from bundle.checkpoint import WeightsError
+from bundle.checkpoint import WeightsError, read_weights
 from bundle.writers import atomic_path, atomic_write_json
 
 __all__ = ["NETWORKS", "interpolate_state", "interpolate_weights", "main"]
@@ -54,16 +54,6 @@ def interpolate_state(
     return out
 
 
-def _read(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for missing, corrupt or unsafe pickles
-        raise WeightsError(f"cannot read weights {path}: {e}") from e
-    if not isinstance(state, dict) or not set(NETWORKS) <= state.keys():
-        raise WeightsError(f"{path} must hold a dict with 'glance' and 'focus' state dicts")
-    return state
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -78,7 +68,7 @@ def interpolate_weights(
     unknown = set(networks) - set(NETWORKS)
     if unknown or not networks:
         raise ValueError(f"--networks must name some of {NETWORKS}, got {list(networks)}")
-    b, t = _read(base), _read(tuned)
+    b, t = read_weights(base), read_weights(tuned)
     state = {
         name: interpolate_state(b[name], t[name], alpha) if name in networks else dict(t[name]) for name in NETWORKS
     }
