@@ -8,13 +8,18 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["WeightsError", "load_weights", "read_weights"]
+__all__ = ["WeightsError", "load_weights", "read_weights", "weights_sha256"]
 
 logger = logging.getLogger("gf_screen.checkpoint")
 
 
 class WeightsError(RuntimeError):
     """The weights file is missing, unreadable or does not fit the configured networks."""
+
+
+def weights_sha256(path: str | Path) -> str:
+    """The file's sha256: how findings, calibration and training records name the weights they used."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_weights(path: str | Path) -> dict:
@@ -62,6 +67,6 @@ def load_weights(
             net.load_state_dict(state[name])
         except RuntimeError as e:
             raise WeightsError(f"{path}: the {name} weights do not fit the configured {name} network: {e}") from e
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = weights_sha256(path)
     logger.info("Loaded weights %s (sha256 %s)", path, digest[:12])
     return {"status": "trained", "file": str(path), "sha256": digest}

@@ -17,7 +17,6 @@ networks and the output's sha256. The inputs are only read.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from bundle.checkpoint import WeightsError, read_weights
+from bundle.checkpoint import WeightsError, read_weights, weights_sha256
 from bundle.writers import atomic_path, atomic_write_json
 
 __all__ = ["NETWORKS", "interpolate_state", "interpolate_weights", "main"]
@@ -54,14 +53,16 @@ def interpolate_state(
     return out
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def interpolate_weights(
-    base: str | Path, tuned: str | Path, alpha: float, output: str | Path, networks: Sequence[str] = NETWORKS
+    base: str | Path,
+    tuned: str | Path,
+    alpha: float,
+    output: str | Path,
+    networks: Sequence[str] = NETWORKS,
+    command: str | None = None,
 ) -> dict:
-    """Write the interpolated ``{"glance", "focus"}`` weights to ``output`` atomically; return the record."""
+    """Write the interpolated ``{"glance", "focus"}`` weights to ``output`` atomically; return the record (with
+    ``command``, the command line that asked for it, when given)."""
     base, tuned, output = Path(base), Path(tuned), Path(output)
     if output.resolve() in (base.resolve(), tuned.resolve()):
         raise ValueError(f"--output {output} is one of the inputs; the inputs are never overwritten")
@@ -76,14 +77,14 @@ def interpolate_weights(
         torch.save(state, tmp)
     record = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "-m", "bundle.interpolate", *sys.argv[1:]]),
+        "command": command,
         "rule": "(1 - alpha) * base + alpha * tuned for the floating-point tensors of the networks named; the other "
         "networks and integer buffers from tuned",
         "alpha": alpha,
         "networks": sorted(networks),
-        "base": {"file": str(base), "sha256": _sha256(base)},
-        "tuned": {"file": str(tuned), "sha256": _sha256(tuned)},
-        "output": {"file": str(output), "sha256": _sha256(output)},
+        "base": {"file": str(base), "sha256": weights_sha256(base)},
+        "tuned": {"file": str(tuned), "sha256": weights_sha256(tuned)},
+        "output": {"file": str(output), "sha256": weights_sha256(output)},
     }
     atomic_write_json(record, output.with_name(output.name + ".json"))
     return record
@@ -98,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="the weights file to write (never one of the inputs)")
     args = parser.parse_args(argv)
     try:
-        record = interpolate_weights(args.base, args.tuned, args.alpha, args.output, args.networks)
+        command = shlex.join(["python", "-m", "bundle.interpolate", *(argv if argv is not None else sys.argv[1:])])
+        record = interpolate_weights(args.base, args.tuned, args.alpha, args.output, args.networks, command)
     except (ValueError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

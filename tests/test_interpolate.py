@@ -66,6 +66,7 @@ def test_interpolating_the_shipped_focus_towards_run19(tmp_path):
     assert record["output"]["sha256"] == status["sha256"] == sha(out)
     assert (record["base"]["sha256"], record["tuned"]["sha256"]) == before
     assert record["alpha"] == 0.25 and record["networks"] == ["focus"]
+    assert record["command"].startswith("python -m bundle.interpolate --base ") and "--alpha 0.25" in record["command"]
 
 
 def test_bad_inputs_are_refused_and_nothing_is_written(tmp_path, capsys):
