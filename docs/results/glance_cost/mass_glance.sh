@@ -2,7 +2,8 @@
 # Glance's window scores on the 134-slice series with the painted lung mass (make_lesion_scan.py, as in
 # trained_lesion.sh), under the chest and the abdomen intensity window: where the mass's windows rank among the
 # series' own windows, which hold no painted lesion (the series' pancreatic cancer is unlabelled, so a few of them
-# are not lesion-free). Window-level only; no Focus.
+# are not lesion-free), and each case's window ROC AUC (the record's overall AUC pools both). Window-level
+# only; no Focus.
 # Usage from the project root: NEW=<weights> NAME=<record name> docs/results/glance_cost/mass_glance.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -25,9 +26,12 @@ python -m bundle.calibrate --config_file configs/inference.yaml --config_file do
 python - $OUT/${NAME}_mass_glance.json <<'PY'
 import json, sys
 import numpy as np
+import torch
+from monai.metrics import compute_roc_auc
 for case in json.load(open(sys.argv[1]))["cases"]:
     scores, lesion = np.array(case["scores"]), np.array(case["labels"], bool)
     rank = int((scores > scores[lesion].max()).sum()) + 1
+    auc = compute_roc_auc(torch.as_tensor(scores), torch.as_tensor(lesion, dtype=torch.long))
     print(f"{case['region']:8s} mass windows {np.round(scores[lesion], 3).tolist()}, best ranks {rank} of {scores.size};"
-          f" median of the other windows {np.median(scores[~lesion]):.3f}")
+          f" median of the other windows {np.median(scores[~lesion]):.3f}; window ROC AUC {auc:.3f}")
 PY
