@@ -5,12 +5,16 @@
 # inference runs (Glance-Focus at its tuning-split operating point; only the lesion-type and size choices above are
 # made here, fixed before any figure was seen) and evaluated; lesion sensitivity by type is in the record.
 # Usage from the project root: NEW=<weights> OP=<operating_point.yaml> OUT=<folder> docs/results/synthetic_abdomen/command.sh
+# The trained stages use the strided Glance stem (docs/results/run14/stride2.yaml, the default); the shipped 0.2.0
+# weights were trained with stride 1, as configs/inference.yaml says: STRIDE= (empty) for them.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 . .venv/bin/activate
 NEW=${NEW:?the weights, e.g. models/model.pt}
 OP=${OP:?their operating point, e.g. configs/operating_point.yaml}
 OUT=${OUT:?a folder for the record}
+STRIDE=${STRIDE-docs/results/run14/stride2.yaml}
+CONFIGS="'configs/inference.yaml',${STRIDE:+'$STRIDE',}'configs/evaluate.yaml'"
 SET=runs/synthetic_abdomen_set
 if [ ! -f "$SET/datalist.json" ]; then
     python -m bundle.synthesis --out "$SET" --count 10 --seed 2026 --source totalsegmentator --min_diameter_mm 10 \
@@ -22,7 +26,7 @@ T=$(python -c "import yaml; print(yaml.safe_load(open('$OP')).get('lesion_min_sc
 mkdir -p "$OUT"
 echo "== synthetic abdominal set: $NEW, glance_threshold $G, lesion_min_score $T $(date)"
 python -m monai.bundle run evaluating \
-    --config_file "['configs/inference.yaml','docs/results/run14/stride2.yaml','configs/evaluate.yaml']" \
+    --config_file "[$CONFIGS]" \
     --datalist "$SET/datalist.json" --dataset_dir "$SET" --split validation \
     --ckpt_path "$NEW" --glance_threshold "$G" --lesion_min_score 0.5 --evaluation_min_score "$T" \
     --output_dir "$OUT" > "$OUT/log.txt" 2>&1
