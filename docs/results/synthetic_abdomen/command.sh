@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The held-out synthetic abdominal set of issue 13: lesions painted into the organs of the abdominal host at places and
 # sizes that training never drew (its own seed, 2026; training paints with the run's seed), abdominal lesion types
-# only, 10 mm and larger (a 3 mm voxel grid cannot show smaller ones), 2 of each type. A model is screened as
+# only, 10 mm and larger (a 3 mm voxel grid cannot show smaller ones), the type drawn per case by the generator (seed
+# 2026: 5 liver, 2 spleen, 2 pancreas, 1 colon, no kidney lesion). A model is screened as
 # inference runs (Glance-Focus at its tuning-split operating point; only the lesion-type and size choices above are
 # made here, fixed before any figure was seen) and evaluated; lesion sensitivity by type is in the record.
 # Usage from the project root: NEW=<weights> OP=<operating_point.yaml> OUT=<folder> docs/results/synthetic_abdomen/command.sh
