@@ -11,26 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 . .venv/bin/activate
-NEW=${NEW:?the weights, e.g. models/model.pt}
-OP=${OP:?their operating point, e.g. configs/operating_point.yaml}
-OUT=${OUT:?a folder for the record}
-STRIDE=${STRIDE-docs/results/run14/stride2.yaml}
-CONFIGS="'configs/inference.yaml',${STRIDE:+'$STRIDE',}'configs/evaluate.yaml'"
 SET=runs/synthetic_abdomen_set
 if [ ! -f "$SET/datalist.json" ]; then
     python -m bundle.synthesis --out "$SET" --count 10 --seed 2026 --source totalsegmentator --min_diameter_mm 10 \
         --lesion_type liver_metastasis --lesion_type kidney_mass --lesion_type pancreatic_tumour \
         --lesion_type splenic_lesion --lesion_type colon_tumour
 fi
-G=$(python -c "import yaml; print(yaml.safe_load(open('$OP'))['glance_threshold'])")
-T=$(python -c "import yaml; print(yaml.safe_load(open('$OP')).get('lesion_min_score', 0.5))")
-mkdir -p "$OUT"
-echo "== synthetic abdominal set: $NEW, glance_threshold $G, lesion_min_score $T $(date)"
-python -m monai.bundle run evaluating \
-    --config_file "[$CONFIGS]" \
-    --datalist "$SET/datalist.json" --dataset_dir "$SET" --split validation \
-    --ckpt_path "$NEW" --glance_threshold "$G" --lesion_min_score 0.5 --evaluation_min_score "$T" \
-    --output_dir "$OUT" > "$OUT/log.txt" 2>&1
+. docs/results/synthetic_screen.sh
 python - "$OUT/evaluation.json" <<'PY'
 import json
 import sys

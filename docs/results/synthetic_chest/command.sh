@@ -12,24 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 . .venv/bin/activate
-NEW=${NEW:?the weights, e.g. models/model.pt}
-OP=${OP:?their operating point, e.g. configs/operating_point.yaml}
-OUT=${OUT:?a folder for the record}
-STRIDE=${STRIDE-docs/results/run14/stride2.yaml}
-CONFIGS="'configs/inference.yaml',${STRIDE:+'$STRIDE',}'configs/evaluate.yaml'"
 SET=runs/synthetic_chest_set
 if [ ! -f "$SET/datalist.json" ]; then
     python -m bundle.synthesis --out "$SET" --count 10 --seed 2026 --source lung1 --lesion_type lung_mass
 fi
-G=$(python -c "import yaml; print(yaml.safe_load(open('$OP'))['glance_threshold'])")
-T=$(python -c "import yaml; print(yaml.safe_load(open('$OP')).get('lesion_min_score', 0.5))")
-mkdir -p "$OUT"
-echo "== synthetic chest set: $NEW, glance_threshold $G, lesion_min_score $T $(date)"
-python -m monai.bundle run evaluating \
-    --config_file "[$CONFIGS]" \
-    --datalist "$SET/datalist.json" --dataset_dir "$SET" --split validation \
-    --ckpt_path "$NEW" --glance_threshold "$G" --lesion_min_score 0.5 --evaluation_min_score "$T" \
-    --output_dir "$OUT" > "$OUT/log.txt" 2>&1
+. docs/results/synthetic_screen.sh
 python - "$OUT/evaluation.json" "$SET/datalist.json" "$T" <<'PY'
 import json
 import sys
@@ -38,6 +25,9 @@ import numpy as np
 from monai.transforms import LoadImage
 from scipy import ndimage
 
+from bundle.evaluation import DETECTION_CONNECTIVITY
+from bundle.metrics import CONNECTIVITY_TO_RANK
+
 record, datalist, min_score = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), float(sys.argv[3])
 items = {item["id"]: item for item in datalist["validation"]}
 load = LoadImage(image_only=True, dtype=None)  # the evaluation's loader: the same array order, so the same numbering
@@ -45,7 +35,8 @@ found = 0
 for case in record["per_case"]:
     item = items[case["id"]]
     gt = np.asarray(load(case["label"])) > 0
-    labels, n = ndimage.label(gt, structure=ndimage.generate_binary_structure(3, 3))  # 26-connectivity
+    structure = ndimage.generate_binary_structure(3, CONNECTIVITY_TO_RANK[DETECTION_CONNECTIVITY])
+    labels, n = ndimage.label(gt, structure=structure)  # numbered as bundle.metrics.lesion_scores numbers them
     sizes = ndimage.sum(gt, labels, range(1, n + 1))
     painted = int(np.argmax(sizes))  # the mass (>= 30 mm) outsizes lung1's nodule (837 voxels)
     score = case["lesion_scores"][painted]
